@@ -1,0 +1,2 @@
+export * from "./exec.ts";
+export * from "./clock.ts";
