@@ -1,2 +1,5 @@
 export * from "./exec.ts";
 export * from "./clock.ts";
+export * from "./iptables.ts";
+export * from "./conntrack.ts";
+export * from "./sysctl.ts";
