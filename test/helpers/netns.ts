@@ -5,10 +5,6 @@ export function isRoot(): boolean {
   return typeof process.getuid === "function" && process.getuid() === 0;
 }
 
-export function haveTools(...names: string[]): boolean {
-  return names.every((n) => Bun.which(n) !== null);
-}
-
 let counter = 0;
 
 export class Netns {
