@@ -282,7 +282,12 @@ export function exponentialBuckets(start: number, factor: number, count: number)
 export function linearBuckets(start: number, width: number, count: number): number[] {
   if (!(width > 0) || !(count >= 1)) throw new Error("linearBuckets: need width > 0, count >= 1");
   const out: number[] = [];
-  for (let i = 0; i < count; i++) out.push(start + i * width);
+  // Accumulated like client_golang, so non-representable widths round the same way.
+  let bound = start;
+  for (let i = 0; i < count; i++) {
+    out.push(bound);
+    bound += width;
+  }
   return out;
 }
 
