@@ -1,0 +1,6 @@
+export * from "./duration.ts";
+export * from "./net.ts";
+export * from "./schema.ts";
+export * from "./errors.ts";
+export * from "./encode.ts";
+export * from "./load.ts";
