@@ -181,6 +181,10 @@ export class KubeClient {
       if (!response.body) return;
       const decoder = new NdjsonDecoder();
       const reader = response.body.getReader();
+      // Not every body honours the request's signal; cancelling the reader always ends a pending read.
+      const cancel = () => void reader.cancel().catch(() => {});
+      controller.signal.addEventListener("abort", cancel, { once: true });
+      if (controller.signal.aborted) cancel();
       try {
         for (;;) {
           let chunk: Awaited<ReturnType<typeof reader.read>>;
@@ -190,13 +194,18 @@ export class KubeClient {
             if (options.signal?.aborted) return;
             throw new NetworkError(`watch ${path}: ${reason()}`, { cause: err });
           }
-          if (chunk.done) break;
+          if (chunk.done) {
+            if (idle) throw new NetworkError(`watch ${path}: ${reason()}`);
+            if (controller.signal.aborted) return;
+            break;
+          }
           lastByte = this.#clock.now();
           for (const value of decoder.push(chunk.value)) yield toWatchEvent(value, path);
         }
         for (const value of decoder.end()) yield toWatchEvent(value, path);
       } finally {
-        reader.cancel().catch(() => {});
+        controller.signal.removeEventListener("abort", cancel);
+        cancel();
       }
     } catch (err) {
       if (options.signal?.aborted && isAbortError(err)) return;
