@@ -84,7 +84,8 @@ export async function serve(options: ServeOptions): Promise<ServerHandle> {
 
   const tryBind = (): string | undefined => {
     try {
-      server = Bun.serve({ hostname, port: wantedPort, fetch: (req) => options.app.fetch(req) });
+      // development: false keeps Bun's HTML error pages (with stack traces) out of answers.
+      server = Bun.serve({ hostname, port: wantedPort, development: false, fetch: (req) => options.app.fetch(req) });
       log.debug(3, "Serving", { port: server.port });
       resolveListening(server.port);
       return undefined;

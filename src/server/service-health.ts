@@ -77,7 +77,7 @@ export class ServiceHealthServer {
       const instance: Instance = { namespace, name, port, servers: [], localEndpoints: 0 };
       try {
         for (const hostname of this.nodeIPs) {
-          instance.servers.push(Bun.serve({ hostname, port, fetch: () => this.answer(nsName) }));
+          instance.servers.push(Bun.serve({ hostname, port, development: false, fetch: () => this.answer(nsName) }));
         }
       } catch (err) {
         // Whatever did open is closed again so a later attempt (or another owner) can take the port.
