@@ -29,3 +29,9 @@ export function cidrFamilyOf(cidr: string): IPFamily | undefined {
   const n = Number(bits);
   return n <= (family === "IPv4" ? 32 : 128) ? family : undefined;
 }
+
+/** A CIDR with its address part canonical (`FD00:0::/64` → `fd00::/64`). */
+export function canonicalCIDR(cidr: string): string {
+  const slash = cidr.indexOf("/");
+  return slash < 0 ? canonicalIP(cidr) : `${canonicalIP(cidr.slice(0, slash))}${cidr.slice(slash)}`;
+}

@@ -222,7 +222,6 @@ function valueAt(obj: unknown, path: readonly PropertyKey[]): unknown {
 }
 
 function describeValue(v: unknown): string {
-  if (v === undefined) return "missing";
   if (Array.isArray(v)) return `a list of ${v.length}`;
   if (typeof v === "string") return v.length > 64 ? `a string of ${v.length} characters` : JSON.stringify(v);
   if (typeof v === "object" && v !== null) return "an object";
@@ -237,7 +236,8 @@ function parseWith<T>(schema: z.ZodType<T>, obj: unknown, namespaced: boolean): 
   if (!issue) return { ok: false, id, reason: "invalid object" };
   const value = valueAt(obj, issue.path);
   // A union's message alone ("Invalid input") says little; the value shows what was wrong.
-  const reason = `${formatPath(issue.path)}: ${issue.message} (got ${describeValue(value)})`;
+  const got = value === undefined ? "" : ` (got ${describeValue(value)})`;
+  const reason = `${formatPath(issue.path)}: ${issue.message}${got}`;
   return { ok: false, id, reason };
 }
 

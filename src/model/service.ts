@@ -2,7 +2,7 @@
  * A validated Service becomes one ServicePort per port per IP family that has a ClusterIP, with the
  * family's external IPs, load-balancer IPs and source ranges, following upstream's newBaseServiceInfo.
  */
-import { canonicalIP, cidrFamilyOf, ipFamilyOf } from "./ip.ts";
+import { canonicalCIDR, canonicalIP, cidrFamilyOf, ipFamilyOf } from "./ip.ts";
 import type { ServiceObject } from "./objects.ts";
 import type { IPFamily, Protocol, ServicePort, SessionAffinity } from "./types.ts";
 
@@ -14,9 +14,15 @@ export function servicePortKey(family: IPFamily, namespace: string, name: string
   return `${family}/${namespace}/${name}:${portName}/${protocol}`;
 }
 
-function byFamily(values: readonly string[], family: IPFamily, familyOf: (v: string) => IPFamily | undefined): string[] {
+function ipsOfFamily(values: readonly string[], family: IPFamily): string[] {
   const out: string[] = [];
-  for (const v of values) if (familyOf(v) === family) out.push(family === "IPv6" ? canonicalIP(v) : v);
+  for (const v of values) if (ipFamilyOf(v) === family) out.push(family === "IPv6" ? canonicalIP(v) : v);
+  return out;
+}
+
+function cidrsOfFamily(values: readonly string[], family: IPFamily): string[] {
+  const out: string[] = [];
+  for (const v of values) if (cidrFamilyOf(v) === family) out.push(family === "IPv6" ? canonicalCIDR(v) : v);
   return out;
 }
 
@@ -87,9 +93,9 @@ export function servicePortsOf(svc: ServiceObject): ServicePort[] {
   for (const family of ["IPv4", "IPv6"] as const) {
     const clusterIP = clusterIPs.get(family);
     if (!clusterIP) continue;
-    const familyExternalIPs = byFamily(externalIPs, family, ipFamilyOf);
-    const familyLBIPs = byFamily(ingressIPs, family, ipFamilyOf);
-    const familyRanges = byFamily(ranges, family, cidrFamilyOf);
+    const familyExternalIPs = ipsOfFamily(externalIPs, family);
+    const familyLBIPs = ipsOfFamily(ingressIPs, family);
+    const familyRanges = cidrsOfFamily(ranges, family);
     for (const p of spec.ports ?? []) {
       const portName = p.name ?? "";
       const servicePortName = portName ? `${namespace}/${name}:${portName}` : `${namespace}/${name}`;
