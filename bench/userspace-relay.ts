@@ -1,0 +1,314 @@
+/**
+ * The userspace relay against its references, side by side in one run on loopback: a direct
+ * connection, kproxy's TCP relay (its own process) and HAProxy (one process, mode tcp). Measures iperf3
+ * throughput, wrk requests/s with keep-alive and with a new connection per request, the p99 latency
+ * the proxy adds, and the proxy's resident memory with 1,000 idle relayed connections.
+ *
+ *   bun bench/userspace-relay.ts [--seconds 4] [--connections 50] [--idle 1000] [--workers N]
+ *
+ * Needs iperf3, wrk and haproxy on PATH (or /usr/sbin). Everything it starts is stopped by PID in
+ * `finally`.
+ */
+import type { Subprocess } from "bun";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const args = parseArgs(process.argv.slice(2));
+const seconds = Number(args["seconds"] ?? 4);
+const connections = Number(args["connections"] ?? 50);
+const idleConnections = Number(args["idle"] ?? 1000);
+const workers = Number(args["workers"] ?? 0);
+const HOST = "127.0.0.1";
+const benchDir = import.meta.dir;
+const bun = process.execPath;
+
+interface Target {
+  readonly name: string;
+  readonly httpPort: number;
+  readonly iperfPort: number;
+  /** The proxy process whose memory is read; none for the direct path. */
+  readonly pid: number | undefined;
+}
+
+interface Row {
+  throughputGbps: number;
+  keepAliveRps: number;
+  keepAliveP99Ms: number;
+  newConnRps: number;
+  newConnP99Ms: number;
+  idleRssMiB: number | undefined;
+  baseRssMiB: number | undefined;
+}
+
+const started: Subprocess[] = [];
+let tempDir: string | undefined;
+
+try {
+  const http = spawnTracked([bun, join(benchDir, "relay/http-server.ts")]);
+  const httpPort = ((await firstJsonLine(http)) as { port: number }).port;
+
+  const iperfPort = await freePort();
+  spawnTracked(["iperf3", "-s", "-B", HOST, "-p", String(iperfPort)]);
+  await waitForPort(iperfPort);
+
+  const kproxyArgs = [bun, join(benchDir, "relay/kproxy-relay.ts"), `http=${HOST}:${httpPort}`, `iperf=${HOST}:${iperfPort}`];
+  if (workers > 0) kproxyArgs.push(`--workers=${workers}`);
+  const kproxy = spawnTracked(kproxyArgs);
+  const kproxyPorts = ((await firstJsonLine(kproxy)) as { ports: Record<string, number> }).ports;
+
+  tempDir = await mkdtemp(join(tmpdir(), "kproxy-bench-haproxy-"));
+  const haHttp = await freePort();
+  const haIperf = await freePort();
+  const cfg = join(tempDir, "haproxy.cfg");
+  await writeFile(cfg, haproxyConfig(haHttp, httpPort, haIperf, iperfPort));
+  const haproxy = spawnTracked([findHaproxy(), "-db", "-f", cfg]);
+  await waitForPort(haHttp);
+  await waitForPort(haIperf);
+
+  const targets: Target[] = [
+    { name: "direct", httpPort, iperfPort, pid: undefined },
+    { name: "kproxy", httpPort: req(kproxyPorts["http"]), iperfPort: req(kproxyPorts["iperf"]), pid: kproxy.pid },
+    { name: "haproxy", httpPort: haHttp, iperfPort: haIperf, pid: haproxy.pid },
+  ];
+  const rows = new Map<string, Row>();
+  for (const t of targets) {
+    rows.set(t.name, {
+      throughputGbps: 0,
+      keepAliveRps: 0,
+      keepAliveP99Ms: 0,
+      newConnRps: 0,
+      newConnP99Ms: 0,
+      idleRssMiB: undefined,
+      baseRssMiB: undefined,
+    });
+  }
+  const row = (t: Target) => rows.get(t.name) as Row;
+
+  // Each measurement runs over all three targets before the next, so drift hits them alike.
+  for (const t of targets) row(t).baseRssMiB = t.pid === undefined ? undefined : rssMiB(t.pid);
+  for (const t of targets) {
+    // Warm up each path once so the first measured target is not the one paying for it.
+    await wrk(t.httpPort, 1, false, 4);
+  }
+  for (const t of targets) row(t).throughputGbps = await iperf(t.iperfPort, seconds);
+  for (const t of targets) {
+    const r = await wrk(t.httpPort, seconds, false, connections);
+    row(t).keepAliveRps = r.rps;
+    row(t).keepAliveP99Ms = r.p99Ms;
+  }
+  for (const t of targets) {
+    const r = await wrk(t.httpPort, seconds, true, connections);
+    row(t).newConnRps = r.rps;
+    row(t).newConnP99Ms = r.p99Ms;
+  }
+  for (const t of targets) {
+    if (t.pid === undefined) continue;
+    row(t).idleRssMiB = await rssWithIdleConnections(t.httpPort, t.pid, idleConnections);
+  }
+  printTable(targets, rows);
+} finally {
+  for (const p of started.reverse()) {
+    try {
+      p.kill("SIGTERM");
+    } catch {
+      // already gone
+    }
+  }
+  await Promise.all(
+    started.map((p) =>
+      Promise.race([
+        p.exited,
+        Bun.sleep(2000).then(() => {
+          p.kill("SIGKILL");
+        }),
+      ]),
+    ),
+  );
+  if (tempDir) await rm(tempDir, { recursive: true, force: true });
+}
+
+function printTable(targets: Target[], rows: Map<string, Row>): void {
+  const d = rows.get("direct") as Row;
+  const k = rows.get("kproxy") as Row;
+  const h = rows.get("haproxy") as Row;
+  const ratio = (a: number, b: number) => (b > 0 ? `${(a / b).toFixed(2)}×` : "-");
+  const lines: string[][] = [
+    ["metric", ...targets.map((t) => t.name), "kproxy/haproxy", "kproxy/direct"],
+    ["iperf3 throughput (Gbit/s)", ...[d, k, h].map((r) => r.throughputGbps.toFixed(1)), ratio(k.throughputGbps, h.throughputGbps), ratio(k.throughputGbps, d.throughputGbps)],
+    ["wrk keep-alive (req/s)", ...[d, k, h].map((r) => fmtK(r.keepAliveRps)), ratio(k.keepAliveRps, h.keepAliveRps), ratio(k.keepAliveRps, d.keepAliveRps)],
+    ["wrk new conn/request (req/s)", ...[d, k, h].map((r) => fmtK(r.newConnRps)), ratio(k.newConnRps, h.newConnRps), ratio(k.newConnRps, d.newConnRps)],
+    ["keep-alive p99 (ms)", ...[d, k, h].map((r) => r.keepAliveP99Ms.toFixed(2)), "", ""],
+    ["added keep-alive p99 (ms)", "-", ...[k, h].map((r) => (r.keepAliveP99Ms - d.keepAliveP99Ms).toFixed(2)), "", ""],
+    ["added new-conn p99 (ms)", "-", ...[k, h].map((r) => (r.newConnP99Ms - d.newConnP99Ms).toFixed(2)), "", ""],
+    ["RSS idle (MiB)", "-", ...[k, h].map((r) => fmtMiB(r.baseRssMiB)), "", ""],
+    [`RSS with ${idleConnections} idle conns (MiB)`, "-", ...[k, h].map((r) => fmtMiB(r.idleRssMiB)), ratio(k.idleRssMiB ?? 0, h.idleRssMiB ?? 0), ""],
+  ];
+  const widths = lines[0]!.map((_, i) => Math.max(...lines.map((l) => (l[i] ?? "").length)));
+  const fmt = (l: string[]) => "| " + l.map((c, i) => c.padEnd(widths[i] ?? 0)).join(" | ") + " |";
+  console.log(`\nuserspace relay, loopback, ${navigator.hardwareConcurrency} cores, ${seconds} s per run, ${connections} wrk connections${workers > 0 ? `, kproxy workers ${workers}` : ""}`);
+  console.log(fmt(lines[0]!));
+  console.log("|" + widths.map((w) => "-".repeat(w + 2)).join("|") + "|");
+  for (const l of lines.slice(1)) console.log(fmt(l));
+}
+
+function fmtK(n: number): string {
+  return n >= 1000 ? `${(n / 1000).toFixed(1)}k` : n.toFixed(0);
+}
+
+function fmtMiB(n: number | undefined): string {
+  return n === undefined ? "-" : n.toFixed(1);
+}
+
+async function iperf(port: number, secs: number): Promise<number> {
+  const out = await run(["iperf3", "-c", HOST, "-p", String(port), "-t", String(secs), "-J"]);
+  const json = JSON.parse(out) as { end?: { sum_received?: { bits_per_second?: number } }; error?: string };
+  const bps = json.end?.sum_received?.bits_per_second;
+  if (bps === undefined) throw new Error(`iperf3 gave no result: ${json.error ?? out.slice(0, 200)}`);
+  return bps / 1e9;
+}
+
+async function wrk(port: number, secs: number, newConnection: boolean, conns: number): Promise<{ rps: number; p99Ms: number }> {
+  const argv = ["wrk", "-t", "2", "-c", String(conns), "-d", `${secs}s`, "--latency"];
+  if (newConnection) argv.push("-H", "Connection: close");
+  argv.push(`http://${HOST}:${port}/`);
+  const out = await run(argv);
+  const rps = /Requests\/sec:\s+([\d.]+)/.exec(out);
+  const p99 = /^\s+99%\s+([\d.]+)(us|ms|s)\s*$/m.exec(out);
+  if (!rps || !p99) throw new Error(`cannot parse wrk output:\n${out}`);
+  const unit = p99[2] === "us" ? 0.001 : p99[2] === "ms" ? 1 : 1000;
+  return { rps: Number(rps[1]), p99Ms: Number(p99[1]) * unit };
+}
+
+/** Opens `count` relayed HTTP connections, proves each went through with one request, then reads RSS. */
+async function rssWithIdleConnections(port: number, pid: number, count: number): Promise<number> {
+  const request = `GET / HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`;
+  const sockets: { end(): void }[] = [];
+  try {
+    let answered = 0;
+    const allAnswered = Promise.withResolvers<void>();
+    const handlers = {
+      data(s: { data: { seen: boolean } }) {
+        if (s.data.seen) return;
+        s.data.seen = true;
+        if (++answered === count) allAnswered.resolve();
+      },
+    };
+    const batch = 100;
+    for (let i = 0; i < count; i += batch) {
+      const opened = await Promise.all(
+        Array.from({ length: Math.min(batch, count - i) }, () =>
+          Bun.connect<{ seen: boolean }>({ hostname: HOST, port, data: { seen: false }, socket: handlers }),
+        ),
+      );
+      for (const s of opened) {
+        s.write(request);
+        sockets.push(s);
+      }
+    }
+    await Promise.race([
+      allAnswered.promise,
+      Bun.sleep(15_000).then(() => {
+        throw new Error(`only ${answered}/${count} idle connections answered`);
+      }),
+    ]);
+    await Bun.sleep(200);
+    return rssMiB(pid);
+  } finally {
+    for (const s of sockets) s.end();
+  }
+}
+
+function rssMiB(pid: number): number {
+  const status = require("node:fs").readFileSync(`/proc/${pid}/status`, "utf8") as string;
+  const m = /VmRSS:\s+(\d+) kB/.exec(status);
+  if (!m) throw new Error(`no VmRSS for ${pid}`);
+  return Number(m[1]) / 1024;
+}
+
+function haproxyConfig(httpPort: number, httpTarget: number, iperfPort: number, iperfTarget: number): string {
+  return `global
+    maxconn 8000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 2m
+    timeout server 2m
+frontend http_in
+    bind ${HOST}:${httpPort}
+    default_backend http_out
+backend http_out
+    server s1 ${HOST}:${httpTarget}
+frontend iperf_in
+    bind ${HOST}:${iperfPort}
+    default_backend iperf_out
+backend iperf_out
+    server s1 ${HOST}:${iperfTarget}
+`;
+}
+
+function findHaproxy(): string {
+  return Bun.which("haproxy") ?? "/usr/sbin/haproxy";
+}
+
+function spawnTracked(argv: string[]): Subprocess<"ignore", "pipe", "inherit"> {
+  const p = Bun.spawn(argv, { stdin: "ignore", stdout: "pipe", stderr: "inherit" });
+  started.push(p);
+  return p;
+}
+
+async function firstJsonLine(p: Subprocess<"ignore", "pipe", "inherit">): Promise<unknown> {
+  const reader = p.stdout.getReader();
+  let text = "";
+  const deadline = Date.now() + 10_000;
+  while (!text.includes("\n")) {
+    if (Date.now() > deadline) throw new Error("child did not report its port");
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`child exited before reporting its port: ${text}`);
+    text += new TextDecoder().decode(value);
+  }
+  reader.releaseLock();
+  return JSON.parse(text.slice(0, text.indexOf("\n")));
+}
+
+async function run(argv: string[]): Promise<string> {
+  const p = Bun.spawn(argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  if (code !== 0) throw new Error(`${argv.join(" ")} exited ${code}: ${err || out}`);
+  return out;
+}
+
+async function freePort(): Promise<number> {
+  const l = Bun.listen({ hostname: HOST, port: 0, socket: { data() {} } });
+  const port = l.port;
+  l.stop(true);
+  return port;
+}
+
+/** Waits until something listens on the port, without connecting (a probe connection upsets iperf3). */
+async function waitForPort(port: number): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const out = await run(["ss", "-Hltn", `sport = :${port}`]);
+    if (out.trim() !== "") return;
+    if (Date.now() > deadline) throw new Error(`port ${port} never opened`);
+    await Bun.sleep(20);
+  }
+}
+
+function req<T>(v: T | undefined): T {
+  if (v === undefined) throw new Error("missing value");
+  return v;
+}
+
+function parseArgs(argv: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string;
+    if (!a.startsWith("--")) continue;
+    const eq = a.indexOf("=");
+    if (eq > 0) out[a.slice(2, eq)] = a.slice(eq + 1);
+    else out[a.slice(2)] = argv[++i] ?? "";
+  }
+  return out;
+}

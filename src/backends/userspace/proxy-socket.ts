@@ -1,0 +1,61 @@
+/**
+ * What the userspace backend sees of one service port's relay, TCP or UDP alike: where it listens,
+ * its counters, and how to stop it.
+ */
+export type RelayProtocol = "TCP" | "UDP";
+
+/** Counters for metrics; bytes count payload relayed, not headers. */
+export interface RelayStats {
+  /** TCP: client connections open now. UDP: clients with a live backend socket. */
+  readonly active: number;
+  /** Connections (TCP) or client sessions (UDP) accepted since start. */
+  readonly total: number;
+  readonly bytesToEndpoints: number;
+  readonly bytesToClients: number;
+  /** Dials that failed or timed out (each attempt counts). */
+  readonly dialFailures: number;
+  /** Clients turned away because no endpoint could be reached. */
+  readonly rejected: number;
+}
+
+export interface CloseOptions {
+  /** Also cut the relayed connections (TCP) / backend sockets (UDP); otherwise they run to their end. */
+  readonly closeActive?: boolean;
+}
+
+export interface ProxySocket {
+  readonly protocol: RelayProtocol;
+  readonly serviceKey: string;
+  readonly host: string;
+  /** The bound port (the kernel's choice when 0 was asked for). */
+  readonly port: number;
+  stats(): RelayStats;
+  close(options?: CloseOptions): Promise<void>;
+}
+
+/**
+ * How long each successive dial may take; after a failure the next endpoint is tried with the next
+ * timeout, and the client's affinity is reset. Four attempts in all, as upstream's userspace proxy.
+ */
+export const ENDPOINT_DIAL_TIMEOUTS_MS: readonly number[] = [250, 500, 1000, 2000];
+
+/** Splits "ip:port" or "[v6]:port". */
+export function splitHostPort(endpoint: string): { host: string; port: number } {
+  const colon = endpoint.lastIndexOf(":");
+  if (colon <= 0) throw new Error(`endpoint ${JSON.stringify(endpoint)} is not host:port`);
+  let host = endpoint.slice(0, colon);
+  if (host.startsWith("[") && host.endsWith("]")) host = host.slice(1, -1);
+  const port = Number(endpoint.slice(colon + 1));
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`endpoint ${JSON.stringify(endpoint)} has a bad port`);
+  return { host, port };
+}
+
+/** Joins an IP and port the way endpoints are keyed ("[v6]:port" for IPv6). */
+export function joinHostPort(host: string, port: number): string {
+  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** A client's IP without an IPv4-mapped IPv6 prefix, so affinity keys match across socket families. */
+export function clientIPOf(remoteAddress: string): string {
+  return remoteAddress.startsWith("::ffff:") && remoteAddress.includes(".") ? remoteAddress.slice(7) : remoteAddress;
+}

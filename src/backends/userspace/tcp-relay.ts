@@ -1,0 +1,397 @@
+import type { Socket, SocketHandler, TCPSocketListener, TCPSocketListenOptions } from "bun";
+import type { Logger } from "../../log.ts";
+import type { Clock } from "../../system/clock.ts";
+import { realClock } from "../../system/clock.ts";
+import type { EndpointChooser } from "./load-balancer.ts";
+import type { CloseOptions, ProxySocket, RelayStats } from "./proxy-socket.ts";
+import { clientIPOf, ENDPOINT_DIAL_TIMEOUTS_MS, splitHostPort } from "./proxy-socket.ts";
+
+export interface TcpRelayOptions {
+  readonly serviceKey: string;
+  /** Address to listen on; "0.0.0.0" / "::" for all. */
+  readonly host: string;
+  /** 0 lets the kernel choose; read the result from `port`. */
+  readonly port: number;
+  readonly chooser: EndpointChooser;
+  readonly clock?: Clock;
+  readonly logger?: Logger;
+  readonly dialTimeoutsMs?: readonly number[];
+  /** Share the port with other listeners of this process or others (SO_REUSEPORT), for relay workers. */
+  readonly reusePort?: boolean;
+  /** Bytes a client may send while its endpoint is still being dialled before it is paused. */
+  readonly connectBufferBytes?: number;
+}
+
+export interface TcpRelay extends ProxySocket {
+  readonly protocol: "TCP";
+}
+
+/**
+ * One direction's end of a relayed connection. Each socket's `data` is its Half; `peer` is the other
+ * socket's Half. `queue` holds bytes accepted from the peer that this socket could not take yet: the
+ * peer is paused while it is non-empty, which is the whole of the backpressure.
+ */
+class Half {
+  socket: Socket<Half> | undefined;
+  peer!: Half;
+  queue: Uint8Array[] = [];
+  queued = 0;
+  /** This socket's reader is paused because the peer's queue is full. */
+  paused = false;
+  /** FIN received from this socket's remote. */
+  finIn = false;
+  /** FIN sent to this socket's remote. */
+  finOut = false;
+  /** Close this socket once its queue is written (its peer went away cleanly). */
+  endAfterFlush = false;
+  closed = false;
+  /** A dial that was given up (timeout, client gone): the socket is cut as soon as it opens. */
+  abandoned = false;
+
+  constructor(readonly conn: Connection) {}
+}
+
+class Connection {
+  readonly client: Half;
+  backend: Half;
+  attempt = 0;
+  dialTimer: AbortController | undefined;
+  done = false;
+
+  constructor(
+    readonly relay: Relay,
+    readonly clientIP: string,
+  ) {
+    this.client = new Half(this);
+    this.backend = new Half(this);
+    this.client.peer = this.backend;
+    this.backend.peer = this.client;
+  }
+}
+
+function enqueue(h: Half, chunk: Uint8Array): void {
+  // The chunk may be a view into a buffer the runtime reuses for the next read; keep our own copy.
+  h.queue.push(chunk.slice());
+  h.queued += chunk.byteLength;
+}
+
+/** Writes what `h` has queued; true when the queue is empty afterwards. */
+function flush(h: Half): boolean {
+  const s = h.socket;
+  if (!s) return false;
+  while (h.queue.length > 0) {
+    const chunk = h.queue[0] as Uint8Array;
+    const n = s.write(chunk);
+    if (n < 0) {
+      h.queue = [];
+      h.queued = 0;
+      return true;
+    }
+    h.conn.relay.countOut(h, n);
+    h.queued -= n;
+    if (n < chunk.byteLength) {
+      h.queue[0] = chunk.subarray(n);
+      return false;
+    }
+    h.queue.shift();
+  }
+  return true;
+}
+
+/** Called when `h`'s queue has drained: lets its peer read again and forwards a pending FIN/close. */
+function afterFlush(h: Half): void {
+  const peer = h.peer;
+  if (peer.paused && peer.socket && !peer.closed) {
+    peer.paused = false;
+    peer.socket.resume();
+  }
+  if (h.endAfterFlush) {
+    h.socket?.end();
+    return;
+  }
+  if (peer.finIn && !h.finOut) sendFin(h);
+}
+
+function sendFin(h: Half): void {
+  h.finOut = true;
+  h.socket?.shutdown();
+  if (h.finIn && h.peer.finOut) finish(h.conn);
+}
+
+/** Both directions have seen their FIN through: close both sockets. */
+function finish(conn: Connection): void {
+  conn.client.socket?.end();
+  conn.backend.socket?.end();
+}
+
+function onData(s: Socket<Half>, chunk: Uint8Array): void {
+  const h = s.data;
+  const peer = h.peer;
+  const out = peer.socket;
+  if (out !== undefined && peer.queued === 0 && !peer.closed) {
+    const n = out.write(chunk);
+    if (n === chunk.byteLength) {
+      h.conn.relay.countOut(peer, n);
+      return;
+    }
+    if (n < 0) return;
+    h.conn.relay.countOut(peer, n);
+    enqueue(peer, chunk.subarray(n));
+    h.paused = true;
+    s.pause();
+    return;
+  }
+  if (peer.closed) return;
+  enqueue(peer, chunk);
+  // While dialling a little is buffered; past that (or behind a slow writer) the reader waits.
+  if (out !== undefined || peer.queued > h.conn.relay.connectBufferBytes) {
+    h.paused = true;
+    s.pause();
+  }
+}
+
+function onDrain(s: Socket<Half>): void {
+  const h = s.data;
+  if (h.queued > 0 && !flush(h)) return;
+  afterFlush(h);
+}
+
+function onEnd(s: Socket<Half>): void {
+  const h = s.data;
+  h.finIn = true;
+  const peer = h.peer;
+  if (peer.socket && peer.queued === 0 && !peer.finOut && !peer.closed) sendFin(peer);
+  else if (h.finOut && peer.finOut) finish(h.conn);
+}
+
+function onClose(s: Socket<Half>, error?: Error): void {
+  const h = s.data;
+  if (h.closed) return;
+  h.closed = true;
+  h.queue = [];
+  h.queued = 0;
+  const conn = h.conn;
+  const peer = h.peer;
+  if (peer.closed || peer.abandoned) {
+    conn.relay.connectionDone(conn);
+    return;
+  }
+  if (!peer.socket) {
+    // The client left while its endpoint was being dialled.
+    if (h === conn.client) abandonDial(conn);
+    return;
+  }
+  if (error !== undefined) {
+    // A reset is passed on as a reset.
+    peer.queue = [];
+    peer.queued = 0;
+    peer.socket.terminate();
+    return;
+  }
+  // A clean close: the remote sent its FIN (the runtime closes without an `end` event when our write
+  // side was already shut). Nothing more can reach this side, so the peer is ended once its queue is out.
+  h.finIn = true;
+  if (peer.queued === 0) peer.socket.end();
+  else peer.endAfterFlush = true;
+}
+
+function onError(s: Socket<Half>, error: Error): void {
+  s.data.conn.relay.logger?.debug(4, "relay socket error", { service: s.data.conn.relay.serviceKey, err: error });
+}
+
+function abandonDial(conn: Connection): void {
+  conn.backend.abandoned = true;
+  conn.dialTimer?.abort();
+  conn.relay.connectionDone(conn);
+}
+
+const relayHandlers = {
+  data: onData,
+  drain: onDrain,
+  end: onEnd,
+  close: onClose,
+  error: onError,
+} as const;
+
+const backendHandlers: SocketHandler<Half> = {
+  ...relayHandlers,
+  open(s) {
+    const h = s.data;
+    const conn = h.conn;
+    if (h.abandoned || conn.client.closed) {
+      h.abandoned = true;
+      s.terminate();
+      return;
+    }
+    conn.dialTimer?.abort();
+    conn.dialTimer = undefined;
+    h.socket = s;
+    if (h.queued > 0 && !flush(h)) return;
+    afterFlush(h);
+  },
+  connectError(s, error) {
+    const h = s.data;
+    if (h.abandoned) return;
+    h.abandoned = true;
+    h.conn.relay.dialFailed(h.conn, error);
+  },
+};
+
+class Relay implements TcpRelay {
+  readonly protocol = "TCP" as const;
+  readonly serviceKey: string;
+  readonly host: string;
+  port = 0;
+  readonly chooser: EndpointChooser;
+  readonly clock: Clock;
+  readonly logger: Logger | undefined;
+  readonly dialTimeoutsMs: readonly number[];
+  readonly connectBufferBytes: number;
+  private listener: TCPSocketListener<Half> | undefined;
+  private readonly connections = new Set<Connection>();
+  private total = 0;
+  private toEndpoints = 0;
+  private toClients = 0;
+  private dialFailures = 0;
+  private rejected = 0;
+
+  constructor(options: TcpRelayOptions) {
+    this.serviceKey = options.serviceKey;
+    this.host = options.host;
+    this.chooser = options.chooser;
+    this.clock = options.clock ?? realClock;
+    this.logger = options.logger;
+    this.dialTimeoutsMs = options.dialTimeoutsMs ?? ENDPOINT_DIAL_TIMEOUTS_MS;
+    this.connectBufferBytes = options.connectBufferBytes ?? 256 * 1024;
+  }
+
+  listen(port: number, reusePort: boolean): void {
+    const handlers: SocketHandler<Half> = {
+      ...relayHandlers,
+      open: (s) => this.accept(s),
+    };
+    const listenOptions: TCPSocketListenOptions<Half> & { reusePort: boolean } = {
+      hostname: this.host,
+      port,
+      allowHalfOpen: true,
+      reusePort,
+      socket: handlers,
+    };
+    this.listener = Bun.listen<Half>(listenOptions);
+    this.port = this.listener.port;
+  }
+
+  private accept(s: Socket<Half>): void {
+    const conn = new Connection(this, clientIPOf(s.remoteAddress));
+    conn.client.socket = s;
+    s.data = conn.client;
+    this.connections.add(conn);
+    this.total++;
+    this.dial(conn, false);
+  }
+
+  private dial(conn: Connection, affinityReset: boolean): void {
+    const endpoint = this.chooser.nextEndpoint(this.serviceKey, conn.clientIP, affinityReset);
+    const timeoutMs = this.dialTimeoutsMs[conn.attempt];
+    if (endpoint === undefined || timeoutMs === undefined) {
+      this.reject(conn, endpoint === undefined ? "no endpoints" : "no endpoint reachable");
+      return;
+    }
+    conn.attempt++;
+    const previous = conn.backend;
+    const half = new Half(conn);
+    half.peer = conn.client;
+    conn.client.peer = half;
+    conn.backend = half;
+    // Bytes the client sent during a failed attempt go to the next one.
+    half.queue = previous.queue;
+    half.queued = previous.queued;
+    let target: { host: string; port: number };
+    try {
+      target = splitHostPort(endpoint);
+    } catch (err) {
+      this.logger?.error("bad endpoint", { service: this.serviceKey, endpoint, err });
+      half.abandoned = true;
+      this.dialFailed(conn, err as Error);
+      return;
+    }
+    const timer = new AbortController();
+    conn.dialTimer = timer;
+    void this.clock.sleep(timeoutMs, timer.signal).then(() => {
+      if (timer.signal.aborted || half.socket || half.abandoned) return;
+      half.abandoned = true;
+      this.dialFailed(conn, new Error(`dial ${endpoint} timed out after ${timeoutMs} ms`));
+    });
+    Bun.connect<Half>({
+      hostname: target.host,
+      port: target.port,
+      allowHalfOpen: true,
+      data: half,
+      socket: backendHandlers,
+    }).catch(() => {
+      // connectError has handled it.
+    });
+  }
+
+  dialFailed(conn: Connection, error: Error): void {
+    this.dialFailures++;
+    conn.dialTimer?.abort();
+    conn.dialTimer = undefined;
+    this.logger?.debug(2, "dial failed", { service: this.serviceKey, client: conn.clientIP, err: error });
+    if (conn.client.closed) {
+      this.connectionDone(conn);
+      return;
+    }
+    this.dial(conn, true);
+  }
+
+  private reject(conn: Connection, why: string): void {
+    this.rejected++;
+    this.logger?.debug(2, "connection rejected", { service: this.serviceKey, client: conn.clientIP, reason: why });
+    conn.backend.abandoned = true;
+    conn.client.socket?.terminate();
+    this.connectionDone(conn);
+  }
+
+  connectionDone(conn: Connection): void {
+    if (conn.done) return;
+    conn.done = true;
+    this.connections.delete(conn);
+  }
+
+  countOut(h: Half, n: number): void {
+    if (h === h.conn.client) this.toClients += n;
+    else this.toEndpoints += n;
+  }
+
+  stats(): RelayStats {
+    return {
+      active: this.connections.size,
+      total: this.total,
+      bytesToEndpoints: this.toEndpoints,
+      bytesToClients: this.toClients,
+      dialFailures: this.dialFailures,
+      rejected: this.rejected,
+    };
+  }
+
+  async close(options: CloseOptions = {}): Promise<void> {
+    this.listener?.stop(false);
+    this.listener = undefined;
+    if (!options.closeActive) return;
+    for (const conn of [...this.connections]) {
+      conn.backend.abandoned = true;
+      conn.dialTimer?.abort();
+      conn.client.socket?.terminate();
+      conn.backend.socket?.terminate();
+      this.connectionDone(conn);
+    }
+  }
+}
+
+/** Listens for one service port and relays each connection to an endpoint the chooser picks. */
+export function startTcpRelay(options: TcpRelayOptions): TcpRelay {
+  const relay = new Relay(options);
+  relay.listen(options.port, options.reusePort ?? false);
+  return relay;
+}
