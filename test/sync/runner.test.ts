@@ -306,7 +306,25 @@ describe("BoundedFrequencyRunner", () => {
     }
   });
 
-  test("the soonest of several retries wins, and the retry still respects minInterval", async () => {
+  test("of several retries the soonest wins", async () => {
+    const h = startLoop(harness());
+    try {
+      await h.clock.waitForSleepers(1);
+      h.runner.retryAfter(5_000);
+      h.runner.retryAfter(8_000);
+      await h.clock.advance(4_999);
+      expect(h.rec.calls).toBe(0);
+      await h.clock.advance(1);
+      expect(h.rec.offsets(h.origin)).toEqual([5_000]);
+      // The later retry was answered by the same run.
+      await h.clock.advance(MAX - 1);
+      expect(h.rec.calls).toBe(1);
+    } finally {
+      await h.stop();
+    }
+  });
+
+  test("a retry still respects minInterval", async () => {
     const h = startLoop(harness());
     try {
       h.runner.run();
