@@ -14,7 +14,6 @@ export interface ConfigProblem {
 
 /** How a value appears in a message: strings quoted, numbers and booleans bare, structures as JSON. */
 export function showValue(value: unknown): string {
-  if (value === undefined) return "(nothing)";
   if (typeof value === "string") return JSON.stringify(value);
   if (typeof value === "number" || typeof value === "boolean" || value === null) return String(value);
   try {
@@ -27,7 +26,9 @@ export function showValue(value: unknown): string {
 
 export function formatProblem(problem: ConfigProblem, wholeInputName = "configuration"): string {
   const path = problem.path === "" ? wholeInputName : problem.path;
-  return "value" in problem ? `${path}: ${showValue(problem.value)} ${problem.message}` : `${path}: ${problem.message}`;
+  // A missing value reads "apiVersion: missing, expected ..." rather than naming a non-value.
+  if (!("value" in problem) || problem.value === undefined) return `${path}: ${problem.message.replace(/^is /, "")}`;
+  return `${path}: ${showValue(problem.value)} ${problem.message}`;
 }
 
 export class ConfigError extends Error {

@@ -70,15 +70,18 @@ function issueMessage(issue: z.core.$ZodIssue): string {
   return `is not valid (${message})`;
 }
 
-/** Problems in the order their top-level fields appear in the document, which is how people read it. */
-function inDocumentOrder(problems: ConfigProblem[], input: unknown): ConfigProblem[] {
+/** Stable sort by where each path's top-level field appears in the document: how people read it. */
+function inDocumentOrder<T>(items: readonly T[], pathOf: (item: T) => string, input: unknown): T[] {
   const keys = input !== null && typeof input === "object" ? Object.keys(input) : [];
-  const rank = (p: ConfigProblem): number => {
-    const top = /^[^.[]*/.exec(p.path)?.[0] ?? "";
+  const rank = (item: T): number => {
+    const top = /^[^.[:]*/.exec(pathOf(item))?.[0] ?? "";
     const index = keys.indexOf(top);
     return index < 0 ? keys.length : index;
   };
-  return problems.map((p, i) => ({ p, i })).sort((a, b) => rank(a.p) - rank(b.p) || a.i - b.i).map(({ p }) => p);
+  return items
+    .map((item, i) => ({ item, i }))
+    .sort((a, b) => rank(a.item) - rank(b.item) || a.i - b.i)
+    .map(({ item }) => item);
 }
 
 function withNote(problem: ConfigProblem, notes: ProblemNotes | undefined): ConfigProblem {
@@ -154,16 +157,17 @@ export function parseConfigObject(raw: unknown, source = "configuration", notes?
       problems.push(withNote({ path, value: valueAt(input, issue.path), message: issueMessage(issue) }, notes));
     }
   }
-  if (problems.length > 0) throw new ConfigError(source, inDocumentOrder(problems, input), warnings);
+  const sortedWarnings = (): string[] => inDocumentOrder(warnings, (w) => w, input);
+  if (problems.length > 0) throw new ConfigError(source, inDocumentOrder(problems, (p) => p.path, input), sortedWarnings());
 
   const lenient = strict.success ? strict : configSchema.safeParse(input);
   if (!lenient.success) {
     // Unreachable in practice: the lenient pass accepts everything the strict one did, and more.
-    throw new ConfigError(source, lenient.error.issues.map((i) => ({ path: pathText(i.path), message: issueMessage(i) })), warnings);
+    throw new ConfigError(source, lenient.error.issues.map((i) => ({ path: pathText(i.path), message: issueMessage(i) })), sortedWarnings());
   }
   const finished = finish(lenient.data);
-  if (finished.problems.length > 0) throw new ConfigError(source, finished.problems.map((p) => withNote(p, notes)), warnings);
-  return { config: finished.config, warnings };
+  if (finished.problems.length > 0) throw new ConfigError(source, finished.problems.map((p) => withNote(p, notes)), sortedWarnings());
+  return { config: finished.config, warnings: sortedWarnings() };
 }
 
 /** YAML text → Config. An empty document gives the defaults. */
