@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { memoryLogger } from "../../src/log.ts";
-import type { Clock } from "../../src/system/clock.ts";
+import { realClock, type Clock } from "../../src/system/clock.ts";
 import { BoundedFrequencyRunner, type RunnerOptions } from "../../src/sync/index.ts";
 import { FakeClock, settle } from "../helpers/fake-clock.ts";
 
@@ -518,6 +518,28 @@ describe("BoundedFrequencyRunner", () => {
       abort.abort();
       rec.release();
       await loop;
+    }
+  });
+
+  test("on the real clock: periodic runs happen and abort ends a parked loop promptly", async () => {
+    let calls = 0;
+    const abort = new AbortController();
+    const runner = new BoundedFrequencyRunner(async () => void calls++, {
+      name: "real",
+      minIntervalMs: 5,
+      maxIntervalMs: 20,
+      clock: realClock,
+    });
+    const loop = runner.start(abort.signal);
+    try {
+      const deadline = Date.now() + 5_000;
+      while (calls < 3 && Date.now() < deadline) await realClock.sleep(5);
+      expect(calls).toBeGreaterThanOrEqual(3);
+    } finally {
+      const stopping = Date.now();
+      abort.abort();
+      await loop;
+      expect(Date.now() - stopping).toBeLessThan(1_000);
     }
   });
 
