@@ -143,6 +143,9 @@ export class Reflector {
           continue;
         }
         this.#resetIfHealthy(started);
+        // A resourceVersion newer than the server knows (e.g. after an etcd restore) never heals on
+        // its own: list again once the pause is over.
+        if (err instanceof ApiError && /too large resource version/i.test(err.message)) needList = true;
         await this.#pauseAfter("watch", err, signal);
       }
     }

@@ -302,6 +302,22 @@ describe("Reflector", () => {
     }
   });
 
+  test("a watch refused with 'Too large resource version' re-lists after a backoff", async () => {
+    const t = setup();
+    t.f.reply(list("10", [obj("a", "5")]), status(504, "Timeout", "Timeout: Too large resource version: 10, current: 3"), list("4", [obj("b", "2")]), new WatchStream().response);
+    t.start();
+    try {
+      await until(() => t.delays().length === 1, "delay");
+      await t.clock.advance(800);
+      await t.f.waitForRequests(4);
+      expect(isWatch(t.f.requests[2])).toBe(false);
+      expect(q(t.f.requests[3], "resourceVersion")).toBe("4");
+      expect(t.seen).toEqual(["upsert a@5", "synced", "upsert b@2", "delete a@5"]);
+    } finally {
+      await t.stop();
+    }
+  });
+
   test("stops promptly when aborted during a backoff or an open watch", async () => {
     const t = setup();
     t.f.reply(status(503, "ServiceUnavailable"));
