@@ -35,15 +35,24 @@ function klogHeader(sev: Severity, at: Date): string {
   return `${sev}${pad(at.getUTCMonth() + 1)}${pad(at.getUTCDate())} ${pad(at.getUTCHours())}:${pad(at.getUTCMinutes())}:${pad(at.getUTCSeconds())}.${micro} ${String(process.pid).padStart(7)} kproxy]`;
 }
 
+/** JSON that never throws: bigints become strings and cycles "[Circular]", so logging in a catch block is safe. */
+function safeStringify(value: unknown): string {
+  const seen = new WeakSet<object>();
+  return JSON.stringify(value, (_key, v: unknown) => {
+    if (typeof v === "bigint") return v.toString();
+    if (typeof v === "object" && v !== null) {
+      if (seen.has(v)) return "[Circular]";
+      seen.add(v);
+    }
+    return v;
+  });
+}
+
 function formatValue(value: unknown): string {
   if (typeof value === "string") return JSON.stringify(value);
   if (value instanceof Error) return JSON.stringify(value.message);
   if (typeof value === "number" || typeof value === "boolean" || value === null || value === undefined) return String(value);
-  try {
-    return JSON.stringify(value);
-  } catch {
-    return JSON.stringify(String(value));
-  }
+  return safeStringify(value);
 }
 
 export function createLogger(options: LoggerOptions = {}): Logger {
@@ -61,7 +70,7 @@ export function createLogger(options: LoggerOptions = {}): Logger {
         if (sev === "E") record["err"] = true;
         if (sev === "W") record["warning"] = true;
         for (const [k, v] of Object.entries(all)) record[k] = v instanceof Error ? v.message : v;
-        write(JSON.stringify(record));
+        write(safeStringify(record));
         return;
       }
       let line = `${klogHeader(sev, at)} ${JSON.stringify(msg)}`;
