@@ -66,7 +66,7 @@ const FLAGS: Readonly<Record<string, FlagSpec>> = {
     help: "The CIDR range of the pods in the cluster (for dual-stack, a comma-separated IPv4,IPv6 pair). Traffic to a Service from outside it is masqueraded.",
   },
   config: { kind: "string", key: "configFile", valueName: "string", help: "The path to the KubeProxyConfiguration file. Flags given explicitly override its values." },
-  demo: { kind: "bool", key: "demo", help: "Run on built-in demo Services in userspace mode: no cluster and no root needed." },
+  demo: { kind: "bool", key: "demo", help: "Run on built-in demo Services: no cluster and no root needed." },
   "dry-run": { kind: "bool", key: "dryRun", help: "Plan and print what would be applied, touching nothing." },
   "healthz-bind-address": {
     kind: "string",

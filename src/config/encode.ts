@@ -7,6 +7,7 @@ import { writeFileSync } from "node:fs";
 import { stringify } from "yaml";
 import { formatDuration as d } from "./duration.ts";
 import { API_GROUP, type Config } from "./schema.ts";
+import { GO_YAML_OPTIONS } from "./yaml-dialect.ts";
 
 type Doc = Record<string, unknown>;
 
@@ -85,7 +86,7 @@ export function configToObject(config: Config): Doc {
 
 /** YAML for `--write-config-to`: keys sorted, loadable again by kproxy and by upstream kube-proxy. */
 export function configToYAML(config: Config): string {
-  return stringify(configToObject(config), { sortMapEntries: true, lineWidth: 0 });
+  return stringify(configToObject(config), { ...GO_YAML_OPTIONS, sortMapEntries: true, lineWidth: 0 });
 }
 
 /** The `/configz` body: upstream serves `{"kubeproxy.config.k8s.io": {...}}` without apiVersion/kind. */

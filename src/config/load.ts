@@ -7,6 +7,7 @@ import { readFileSync } from "node:fs";
 import { parseAllDocuments } from "yaml";
 import type { z } from "zod";
 import { formatDuration } from "./duration.ts";
+import { GO_YAML_OPTIONS } from "./yaml-dialect.ts";
 import { configToObject } from "./encode.ts";
 import { ConfigError, type ConfigProblem } from "./errors.ts";
 import { isIP, joinHostPort, parseIP } from "./net.ts";
@@ -172,7 +173,7 @@ export function parseConfigObject(raw: unknown, source = "configuration", notes?
 
 /** YAML text → Config. An empty document gives the defaults. */
 export function parseConfigText(text: string, sourceName = "configuration"): ConfigResult {
-  const documents = parseAllDocuments(text, { prettyErrors: true, uniqueKeys: true });
+  const documents = parseAllDocuments(text, { prettyErrors: true, uniqueKeys: true, ...GO_YAML_OPTIONS });
   const list = Array.isArray(documents) ? documents : [];
   const problems: ConfigProblem[] = [];
   for (const doc of list) {

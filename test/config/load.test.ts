@@ -192,6 +192,17 @@ winkernel:
 });
 
 describe("fields that take several forms", () => {
+  test("YAML is read as upstream reads it: yes/on are booleans, 10:20 and dates stay strings", () => {
+    const { config } = parseConfigText(`${HEAD}ipvs:\n  strictARP: yes\niptables:\n  masqueradeAll: on\n  localhostNodePorts: off\nhostnameOverride: 2024-01-01\nshowHiddenMetricsForVersion: "1.29"\n`);
+    expect(config.ipvs.strictARP).toBe(true);
+    expect(config.iptables.masqueradeAll).toBe(true);
+    expect(config.iptables.localhostNodePorts).toBe(false);
+    expect(config.hostnameOverride).toBe("2024-01-01");
+    const written = configToYAML({ ...config, hostnameOverride: "yes" });
+    expect(parseConfigText(written).config.hostnameOverride).toBe("yes");
+    expect(parseConfigText(`${HEAD}hostnameOverride: 10:20\n`).config.hostnameOverride).toBe("10:20");
+  });
+
   test("dual-stack clusterCIDR loads; two CIDRs of one family do not", () => {
     expect(parseConfigText(`${HEAD}clusterCIDR: 10.244.0.0/16,fd00:10:244::/56\n`).config.clusterCIDR).toBe("10.244.0.0/16,fd00:10:244::/56");
     const err = problemsOf(`${HEAD}clusterCIDR: 10.244.0.0/16,10.245.0.0/16\n`);
@@ -245,7 +256,7 @@ describe("bad input: one readable line per problem, naming path, value and expec
     { name: "bad portRange", yaml: "portRange: 2000-1000\n", line: 'portRange: "2000-1000" is not a valid port range' },
     { name: "unknown scheduler", yaml: "ipvs:\n  scheduler: fastest\n", line: 'ipvs.scheduler: "fastest" is not a known IPVS scheduler' },
     { name: "unknown flavour", yaml: "iptables:\n  flavour: xtables\n", line: 'iptables.flavour: "xtables" is not a valid iptables flavour, expected one of "auto", "legacy", "nft"' },
-    { name: "featureGates value", yaml: "featureGates:\n  Foo: on\n", line: 'featureGates.Foo: "on" is not a boolean' },
+    { name: "featureGates value", yaml: "featureGates:\n  Foo: maybe\n", line: 'featureGates.Foo: "maybe" is not a boolean' },
     { name: "minSyncPeriod longer than syncPeriod", yaml: "iptables:\n  minSyncPeriod: 1m\n", line: 'iptables.minSyncPeriod: "1m0s" is longer than iptables.syncPeriod (30s), expected at most the sync period' },
     { name: "bridge detection without a bridge", yaml: "detectLocalMode: BridgeInterface\n", line: 'detectLocal.bridgeInterface: "" is empty, expected an interface name when detectLocalMode is BridgeInterface' },
     { name: "unknown detectLocalMode", yaml: "detectLocalMode: Magic\n", line: 'detectLocalMode: "Magic" is not a valid local traffic detection mode' },
