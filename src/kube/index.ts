@@ -7,3 +7,4 @@ export * from "./ndjson.ts";
 export * from "./rate-limit.ts";
 export * from "./reflector.ts";
 export * from "./token.ts";
+export * from "./connect.ts";

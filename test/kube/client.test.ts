@@ -156,3 +156,23 @@ describe("KubeClient", () => {
     expect(logger.lines.join("\n")).not.toContain("secret-token");
   });
 });
+
+describe("connect", () => {
+  test("builds a client from flags, notes an unsupported content type, and logs no secret", async () => {
+    const { connect } = await import("../../src/kube/connect.ts");
+    const { FakeFiles } = await import("./fakes.ts");
+    const logger = memoryLogger(0);
+    const files = new FakeFiles().set(
+      "/k/config",
+      "current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\nclusters: [{name: k, cluster: {server: 'https://api:6443'}}]\nusers: [{name: u, user: {token: very-secret}}]\n",
+    );
+    const f = new ScriptedFetch().reply(json(200, { ok: 1 }));
+    const c = await connect({ kubeconfigPath: "/k/config", contentType: "application/vnd.kubernetes.protobuf", qps: 0, files, fetch: f.fetch, logger, clock: new FakeClock() });
+    expect(await c.get("/version")).toEqual({ ok: 1 });
+    expect(f.requests[0]!.headers.get("authorization")).toBe("Bearer very-secret");
+    const text = logger.lines.join("\n");
+    expect(text).toContain("always uses JSON");
+    expect(text).toContain("https://api:6443");
+    expect(text).not.toContain("very-secret");
+  });
+});
