@@ -229,7 +229,7 @@ function section(doc: Doc, key: string): Doc {
  * `config` with the explicitly given flags applied on top (flags win over the file). The result is
  * checked again; a bad flag value throws ConfigError naming the field and the flag.
  */
-export function applyFlags(config: Config, cli: CliOptions, source = "command line"): ConfigResult {
+export function applyFlags(config: Config, cli: CliOptions, source = "command line"): Config {
   const doc = configToObject(config);
   const notes: Record<string, string> = {};
   const set = (path: string, flag: string, value: unknown): void => {
@@ -246,8 +246,9 @@ export function applyFlags(config: Config, cli: CliOptions, source = "command li
   if (cli.metricsBindAddress !== undefined) set("metricsBindAddress", "metrics-bind-address", cli.metricsBindAddress);
   if (cli.healthzBindAddress !== undefined) set("healthzBindAddress", "healthz-bind-address", cli.healthzBindAddress);
   if (cli.verbosity !== undefined) set("logging.verbosity", "v", cli.verbosity);
-  if (Object.keys(notes).length === 0) return checkConfig(config, source);
-  return parseConfigObject(doc, source, notes);
+  if (Object.keys(notes).length === 0) return checkConfig(config, source).config;
+  // The document came from a valid Config, so the only possible problems are the flags' values.
+  return parseConfigObject(doc, source, notes).config;
 }
 
 export interface ResolvedConfig extends ConfigResult {
@@ -263,8 +264,7 @@ export function resolveConfig(cli: CliOptions, readFile: ReadTextFile = readText
   const fromFile = cli.configFile !== undefined ? loadConfigFile(cli.configFile, readFile) : { config: defaultConfig(), warnings: [] };
   const source = cli.configFile ?? "defaults";
   try {
-    const flagged = applyFlags(fromFile.config, cli);
-    return { config: flagged.config, warnings: [...fromFile.warnings, ...flagged.warnings], source };
+    return { config: applyFlags(fromFile.config, cli), warnings: fromFile.warnings, source };
   } catch (err) {
     if (err instanceof ConfigError) throw new ConfigError("command line", err.details, [...fromFile.warnings, ...err.warnings]);
     throw err;

@@ -184,6 +184,7 @@ describe("applyFlags and resolveConfig", () => {
     );
     expect(err.problems.find((p) => p.startsWith("clusterCIDR:"))).toStartWith('clusterCIDR: "10.0.0.0/40" is not a valid cluster CIDR');
     expect(err.problems.find((p) => p.startsWith("clusterCIDR:"))).toEndWith("(set by --cluster-cidr)");
+    expect(applyFlags(defaultConfig(), parseArgs(["--cluster-cidr=fd00::/48"])).clusterCIDR).toBe("fd00::/48");
     expect(() => applyFlags(defaultConfig(), parseArgs(["--metrics-bind-address=0.0.0.0:70000"]))).toThrow(
       'metricsBindAddress: "0.0.0.0:70000" is not a valid address',
     );

@@ -27,7 +27,9 @@ export function showValue(value: unknown): string {
 export function formatProblem(problem: ConfigProblem, wholeInputName = "configuration"): string {
   const path = problem.path === "" ? wholeInputName : problem.path;
   // A missing value reads "apiVersion: missing, expected ..." rather than naming a non-value.
-  if (!("value" in problem) || problem.value === undefined) return `${path}: ${problem.message.replace(/^is /, "")}`;
+  if (!("value" in problem) || problem.value === undefined) {
+    return `${path}: ${problem.message.replace(/^is not [^,]*, /, "missing, ").replace(/^is /, "")}`;
+  }
   return `${path}: ${showValue(problem.value)} ${problem.message}`;
 }
 

@@ -11,6 +11,7 @@ import {
   effectiveDetectLocalMode,
   effectiveProxyMode,
   loadConfigFile,
+  nodeName,
   parseConfigObject,
   parseConfigText,
   writeConfigFile,
@@ -402,5 +403,20 @@ windowsRunAsService: true
     const config = defaultConfig();
     expect(() => checkConfig({ ...config, iptables: { ...config.iptables, masqueradeBit: 77 } })).toThrow("iptables.masqueradeBit: 77 is out of range");
     expect(checkConfig(config).config).toEqual(config);
+  });
+});
+
+describe("node name", () => {
+  test("hostnameOverride wins, else the machine's hostname; trimmed and lower-cased", () => {
+    expect(nodeName("  Node-7 ", () => "ignored")).toBe("node-7");
+    expect(nodeName("", () => "Edge-Box.Local\n")).toBe("edge-box.local");
+    expect(() => nodeName(" ", () => "  ")).toThrow("hostnameOverride");
+  });
+});
+
+describe("missing values inside lists", () => {
+  test("name the missing field", () => {
+    const err = problemsOf(`${HEAD}logging:\n  vmodule:\n    - verbosity: 3\n`);
+    expect(err.problems).toEqual(["logging.vmodule[0].filePattern: missing, expected a file name pattern"]);
   });
 });
