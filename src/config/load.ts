@@ -191,11 +191,17 @@ export function parseConfigText(text: string, sourceName = "configuration"): Con
   if (nonEmpty.length > 1) {
     throw new ConfigError(sourceName, [{ path: "", message: `holds ${nonEmpty.length} YAML documents, expected one KubeProxyConfiguration` }]);
   }
-  const data: unknown = nonEmpty[0]?.toJS({ maxAliasCount: 100 }) ?? null;
+  let data: unknown;
+  try {
+    data = nonEmpty[0]?.toJS({ maxAliasCount: 100 }) ?? null;
+  } catch (err) {
+    // e.g. an alias bomb: refuse it in words, not with a stack trace.
+    throw new ConfigError(sourceName, [{ path: "", message: `cannot be read as YAML: ${err instanceof Error ? err.message : String(err)}` }]);
+  }
   return parseConfigObject(data, sourceName);
 }
 
-function readProblem(path: string, err: unknown): string {
+function readProblem(err: unknown): string {
   const code = (err as { code?: unknown } | null)?.code;
   if (code === "ENOENT") return "no such file";
   if (code === "EACCES") return "permission denied";
@@ -209,7 +215,7 @@ export function loadConfigFile(path: string, readFile: ReadTextFile = readTextFi
   try {
     text = readFile(path);
   } catch (err) {
-    throw new ConfigError(path, [{ path: path, message: `cannot read the config file: ${readProblem(path, err)}` }]);
+    throw new ConfigError(path, [{ path: path, message: `cannot read the config file: ${readProblem(err)}` }]);
   }
   return parseConfigText(text, path);
 }
