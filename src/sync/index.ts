@@ -1,1 +1,2 @@
 export * from "./runner.ts";
+export * from "./loop.ts";
