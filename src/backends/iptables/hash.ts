@@ -4,7 +4,7 @@
  * prefix plus the first 16 characters of base32(sha256(input)), which keeps every name within
  * iptables' 28-character limit.
  */
-import type { Protocol } from "../../model/types.ts";
+import type { Endpoint, Protocol, ServicePort } from "../../model/types.ts";
 import { joinHostPort } from "./ip.ts";
 
 export const SERVICE_CLUSTER_CHAIN_PREFIX = "KUBE-SVC-";
@@ -48,11 +48,43 @@ export function base32Encode(bytes: Uint8Array): string {
 }
 
 const digest = new Uint8Array(32);
+const ALPHABET_CODES = Array.from(BASE32_ALPHABET, (c) => c.charCodeAt(0));
 
-/** First 16 base32 characters of sha256(input): exactly the first 10 digest bytes, so only those are encoded. */
+function code(index: number): number {
+  return ALPHABET_CODES[index & 31] ?? 0;
+}
+
+/**
+ * First 16 base32 characters of sha256(input). Those are exactly the first 10 digest bytes (80 bits),
+ * encoded here as two 40-bit groups straight into one flat string: this runs for every endpoint of
+ * every service on a cold sync, so it avoids building the string a character at a time.
+ */
 export function hash16(input: string): string {
   Bun.SHA256.hash(input, digest);
-  return base32Encode(digest.subarray(0, 10));
+  const d = digest;
+  // 40 bits do not fit a 32-bit int: split each group as 8 high bits + 32 low bits.
+  const hi0 = d[0] ?? 0;
+  const lo0 = (((d[1] ?? 0) << 24) | ((d[2] ?? 0) << 16) | ((d[3] ?? 0) << 8) | (d[4] ?? 0)) >>> 0;
+  const hi1 = d[5] ?? 0;
+  const lo1 = (((d[6] ?? 0) << 24) | ((d[7] ?? 0) << 16) | ((d[8] ?? 0) << 8) | (d[9] ?? 0)) >>> 0;
+  return String.fromCharCode(
+    code(hi0 >>> 3),
+    code(((hi0 & 7) << 2) | (lo0 >>> 30)),
+    code(lo0 >>> 25),
+    code(lo0 >>> 20),
+    code(lo0 >>> 15),
+    code(lo0 >>> 10),
+    code(lo0 >>> 5),
+    code(lo0),
+    code(hi1 >>> 3),
+    code(((hi1 & 7) << 2) | (lo1 >>> 30)),
+    code(lo1 >>> 25),
+    code(lo1 >>> 20),
+    code(lo1 >>> 15),
+    code(lo1 >>> 10),
+    code(lo1 >>> 5),
+    code(lo1),
+  );
 }
 
 /**
@@ -73,9 +105,11 @@ function cachedHash16(input: string): string {
   return hashed;
 }
 
+const LOWER_PROTOCOL: Readonly<Record<Protocol, string>> = { TCP: "tcp", UDP: "udp", SCTP: "sctp" };
+
 /** The hash shared by a service port's KUBE-SVC/SVL/EXT/FW chains. */
 export function portProtoHash(servicePortName: string, protocol: Protocol): string {
-  return cachedHash16(servicePortName + protocol.toLowerCase());
+  return cachedHash16(servicePortName + LOWER_PROTOCOL[protocol]);
 }
 
 export interface ServicePortChains {
@@ -97,7 +131,7 @@ export function servicePortChains(servicePortName: string, protocol: Protocol): 
 
 /** KUBE-SEP chain of one endpoint; `endpoint` is `ip:port` (`[ip]:port` for IPv6). */
 export function endpointChainName(servicePortName: string, protocol: Protocol, endpoint: string): string {
-  return ENDPOINT_CHAIN_PREFIX + cachedHash16(servicePortName + protocol.toLowerCase() + endpoint);
+  return ENDPOINT_CHAIN_PREFIX + cachedHash16(servicePortName + LOWER_PROTOCOL[protocol] + endpoint);
 }
 
 export function endpointChainNameFor(
@@ -107,6 +141,45 @@ export function endpointChainNameFor(
   port: number,
 ): string {
   return endpointChainName(servicePortName, protocol, joinHostPort(ip, port));
+}
+
+/**
+ * Names of a service port's chains, remembered per ServicePort object: snapshots share unchanged
+ * objects, so steady-state syncs skip even the string cache.
+ */
+const servicePortChainsMemo = new WeakMap<ServicePort, ServicePortChains>();
+
+export function chainsOfServicePort(sp: ServicePort): ServicePortChains {
+  let chains = servicePortChainsMemo.get(sp);
+  if (chains === undefined) {
+    chains = servicePortChains(sp.servicePortName, sp.protocol);
+    servicePortChainsMemo.set(sp, chains);
+  }
+  return chains;
+}
+
+export interface EndpointNames {
+  /** `ip:port` (`[ip]:port` for IPv6), as it appears in DNAT targets and comments. */
+  readonly endpoint: string;
+  /** The KUBE-SEP chain. */
+  readonly chain: string;
+}
+
+interface EndpointNamesMemo extends EndpointNames {
+  readonly servicePortName: string;
+  readonly protocol: Protocol;
+}
+
+const endpointNamesMemo = new WeakMap<Endpoint, EndpointNamesMemo>();
+
+/** An endpoint's `ip:port` and KUBE-SEP chain for a service port, remembered per Endpoint object. */
+export function endpointNames(servicePortName: string, protocol: Protocol, ep: Endpoint): EndpointNames {
+  const memo = endpointNamesMemo.get(ep);
+  if (memo !== undefined && memo.servicePortName === servicePortName && memo.protocol === protocol) return memo;
+  const endpoint = joinHostPort(ep.ip, ep.port);
+  const names = { servicePortName, protocol, endpoint, chain: endpointChainName(servicePortName, protocol, endpoint) };
+  endpointNamesMemo.set(ep, names);
+  return names;
 }
 
 /** Forget remembered hashes (tests, or after a mass deletion of services). */

@@ -23,8 +23,9 @@ import {
   KUBE_SERVICES,
   NAT_TOP_LEVEL_CHAINS,
 } from "./chains.ts";
-import { endpointChainName, isServiceChainName, servicePortChains } from "./hash.ts";
-import { cidrContains, familyOf, isLoopback, joinHostPort } from "./ip.ts";
+import { chainsOfServicePort, endpointNames, isServiceChainName } from "./hash.ts";
+import { cidrContains, familyOf, isLoopback } from "./ip.ts";
+import { LineBuffer } from "./lines.ts";
 import { localTrafficMatch, masqueradeMark, type RuleOptions } from "./options.ts";
 
 /** Upstream's CategorizeEndpoints result: which endpoints each traffic policy may use from this node. */
@@ -74,18 +75,9 @@ export interface RuleCounts {
   readonly largeClusterMode: boolean;
 }
 
-export interface TableLines {
-  /** `:CHAIN - [0:0]` lines. */
-  readonly chains: readonly string[];
-  /** `-A ...` lines, and `-X CHAIN` for deletions. */
-  readonly rules: readonly string[];
-}
-
 export interface GeneratedRules {
   /** Complete iptables-restore input (`*filter ... COMMIT` then `*nat ... COMMIT`), for `--noflush`. */
   readonly text: string;
-  readonly filter: TableLines;
-  readonly nat: TableLines;
   /** Per-service chains that exist after this restore, whether written now or left in place. */
   readonly activeNatChains: ReadonlySet<string>;
   /** Per-service chains this restore deletes. */
@@ -98,6 +90,7 @@ const INVALID_DROPPED_COUNTER = "ct_state_invalid_dropped_pkts";
 const LOCALHOST_NODEPORTS_COUNTER = "localhost_nps_accepted_pkts";
 const NODEPORTS_JUMP_COMMENT = `"kubernetes service nodeports; NOTE: this must be the last rule in this chain"`;
 const NO_ENDPOINTS: readonly Endpoint[] = [];
+const LOWER_PROTOCOL = { TCP: "tcp", UDP: "udp", SCTP: "sctp" } as const;
 
 const probabilities: string[] = [];
 
@@ -148,29 +141,30 @@ export function generateRules(
     (nodePortAddresses === "all" || nodePortAddresses.some((ip) => isLoopback(ip)));
   const countLocalhostNodePorts = localhostNodePorts && options.nfacctCounters.localhostNodePortsAccepted;
 
-  const filterChains: string[] = [];
-  const filterRules: string[] = [];
-  const natChains: string[] = [];
-  const natRules: string[] = [];
+  const filterChains = new LineBuffer();
+  const filterRules = new LineBuffer();
+  const natChains = new LineBuffer();
+  const natRules = new LineBuffer();
   const active = new Set<string>();
   let skippedRules = 0;
 
-  for (const chain of FILTER_TOP_LEVEL_CHAINS) filterChains.push(chainLine(chain));
-  for (const chain of NAT_TOP_LEVEL_CHAINS) natChains.push(chainLine(chain));
+  for (const chain of FILTER_TOP_LEVEL_CHAINS) filterChains.add(chainLine(chain));
+  for (const chain of NAT_TOP_LEVEL_CHAINS) natChains.add(chainLine(chain));
 
-  natRules.push(
-    `-A ${KUBE_POSTROUTING} -m mark ! --mark ${mark}/${mark} -j RETURN`,
-    `-A ${KUBE_POSTROUTING} -j MARK --xor-mark ${mark}`,
+  natRules.add(`-A ${KUBE_POSTROUTING} -m mark ! --mark ${mark}/${mark} -j RETURN`);
+  // Clearing the mark keeps a packet that goes through the stack again from being masqueraded twice.
+  natRules.add(`-A ${KUBE_POSTROUTING} -j MARK --xor-mark ${mark}`);
+  natRules.add(
     `-A ${KUBE_POSTROUTING} -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE${
       options.randomFully ? " --random-fully" : ""
     }`,
-    `-A ${KUBE_MARK_MASQ} -j MARK --or-mark ${mark}`,
   );
+  natRules.add(`-A ${KUBE_MARK_MASQ} -j MARK --or-mark ${mark}`);
 
   if (localhostNodePorts) {
     // route_localnet opens 127.0.0.0/8 to the network; this is the rule (shared with kubelet) that closes it again.
-    filterChains.push(chainLine(KUBE_FIREWALL));
-    filterRules.push(
+    filterChains.add(chainLine(KUBE_FIREWALL));
+    filterRules.add(
       `-A ${KUBE_FIREWALL} -m comment --comment "block incoming localnet connections" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP`,
     );
   }
@@ -189,9 +183,9 @@ export function generateRules(
     if (sp.family !== family || sp.clusterIP === "" || sp.clusterIP === "None") continue;
     servicePorts++;
     const name = sp.servicePortName;
-    const proto = sp.protocol.toLowerCase();
+    const proto = LOWER_PROTOCOL[sp.protocol];
     const match = `-m ${proto} -p ${proto}`;
-    const chains = servicePortChains(name, sp.protocol);
+    const chains = chainsOfServicePort(sp);
     const endpoints = snapshot.endpoints.get(sp.key) ?? NO_ENDPOINTS;
     const { clusterEndpoints, localEndpoints, allReachableEndpoints, hasAnyEndpoints } = categorize(
       sp,
@@ -240,23 +234,23 @@ export function generateRules(
 
     const port = sp.port;
     if (hasInternalEndpoints) {
-      natRules.push(
+      natRules.add(
         `-A ${KUBE_SERVICES} -m comment --comment "${name} cluster IP" ${match} -d ${sp.clusterIP} --dport ${port} -j ${internalTrafficChain}`,
       );
     } else {
-      filterRules.push(
+      filterRules.add(
         `-A ${KUBE_SERVICES} -m comment --comment ${internalFilterComment} ${match} -d ${sp.clusterIP} --dport ${port} -j ${internalFilterTarget}`,
       );
     }
 
     for (const externalIP of sp.externalIPs) {
       if (hasAnyEndpoints) {
-        natRules.push(
+        natRules.add(
           `-A ${KUBE_SERVICES} -m comment --comment "${name} external IP" ${match} -d ${externalIP} --dport ${port} -j ${externalTrafficChain}`,
         );
       }
       if (!hasExternalEndpoints) {
-        filterRules.push(
+        filterRules.add(
           `-A ${KUBE_EXTERNAL_SERVICES} -m comment --comment ${externalFilterComment} ${match} -d ${externalIP} --dport ${port} -j ${externalFilterTarget}`,
         );
       }
@@ -264,19 +258,19 @@ export function generateRules(
 
     for (const lbIP of sp.loadBalancerIPs) {
       if (hasAnyEndpoints) {
-        natRules.push(
+        natRules.add(
           `-A ${KUBE_SERVICES} -m comment --comment "${name} loadbalancer IP" ${match} -d ${lbIP} --dport ${port} -j ${loadBalancerTrafficChain}`,
         );
       }
       if (usesFirewallChain) {
-        filterRules.push(
+        filterRules.add(
           `-A ${KUBE_PROXY_FIREWALL} -m comment --comment "${name} traffic not accepted by ${chains.firewall}" ${match} -d ${lbIP} --dport ${port} -j DROP`,
         );
       }
     }
     if (!hasExternalEndpoints) {
       for (const lbIP of sp.loadBalancerIPs) {
-        filterRules.push(
+        filterRules.add(
           `-A ${KUBE_EXTERNAL_SERVICES} -m comment --comment ${externalFilterComment} ${match} -d ${lbIP} --dport ${port} -j ${externalFilterTarget}`,
         );
       }
@@ -286,16 +280,16 @@ export function generateRules(
       if (hasAnyEndpoints) {
         // NodePorts are deliberately not subject to loadBalancerSourceRanges (upstream behaviour).
         if (countLocalhostNodePorts) {
-          natRules.push(
+          natRules.add(
             `-A ${KUBE_NODEPORTS} -m comment --comment ${name} ${match} -d 127.0.0.0/8 --dport ${sp.nodePort} -m nfacct --nfacct-name ${LOCALHOST_NODEPORTS_COUNTER} -j ${externalTrafficChain}`,
           );
         }
-        natRules.push(
+        natRules.add(
           `-A ${KUBE_NODEPORTS} -m comment --comment ${name} ${match} --dport ${sp.nodePort} -j ${externalTrafficChain}`,
         );
       }
       if (!hasExternalEndpoints) {
-        filterRules.push(
+        filterRules.add(
           `-A ${KUBE_EXTERNAL_SERVICES} -m comment --comment ${externalFilterComment} -m addrtype --dst-type LOCAL ${match} --dport ${sp.nodePort} -j ${externalFilterTarget}`,
         );
       }
@@ -303,7 +297,7 @@ export function generateRules(
 
     if (sp.healthCheckNodePort !== 0) {
       // Accepted whether or not this node has local endpoints: the answer (200/503) is the point.
-      filterRules.push(
+      filterRules.add(
         `-A ${KUBE_NODEPORTS} -m comment --comment "${name} health check node port" -m tcp -p tcp --dport ${sp.healthCheckNodePort} -j ACCEPT`,
       );
     }
@@ -314,7 +308,7 @@ export function generateRules(
     if (hasInternalEndpoints && (options.masqueradeAll || local !== undefined)) {
       if (write) {
         // Off-cluster traffic to a ClusterIP (e.g. via a static route to the service range) may leave the node again, so it is SNATed.
-        natRules.push(
+        natRules.add(
           `-A ${internalTrafficChain} -m comment --comment "${name} cluster IP" ${match} -d ${sp.clusterIP} --dport ${port}${
             options.masqueradeAll ? "" : ` ${local?.ifNotLocal}`
           } -j ${KUBE_MARK_MASQ}`,
@@ -325,25 +319,27 @@ export function generateRules(
     if (usesExternalTrafficChain) {
       active.add(externalTrafficChain);
       if (write) {
-        natChains.push(chainLine(externalTrafficChain));
+        natChains.add(chainLine(externalTrafficChain));
         if (!externalPolicyLocal) {
-          natRules.push(
+          natRules.add(
             `-A ${externalTrafficChain} -m comment --comment "masquerade traffic for ${name} external destinations" -j ${KUBE_MARK_MASQ}`,
           );
         } else {
           // Pods reaching an external IP of a Local service go to any endpoint, as if via the outside load balancer.
           if (local !== undefined) {
-            natRules.push(
+            natRules.add(
               `-A ${externalTrafficChain} -m comment --comment "pod traffic for ${name} external destinations" ${local.ifLocal} -j ${chains.cluster}`,
             );
           }
           // The node itself has the external IP as a local address, so its own traffic must be SNATed and may use any endpoint.
-          natRules.push(
+          natRules.add(
             `-A ${externalTrafficChain} -m comment --comment "masquerade LOCAL traffic for ${name} external destinations" -m addrtype --src-type LOCAL -j ${KUBE_MARK_MASQ}`,
+          );
+          natRules.add(
             `-A ${externalTrafficChain} -m comment --comment "route LOCAL traffic for ${name} external destinations" -m addrtype --src-type LOCAL -j ${chains.cluster}`,
           );
         }
-        if (hasExternalEndpoints) natRules.push(`-A ${externalTrafficChain} -j ${externalPolicyChain}`);
+        if (hasExternalEndpoints) natRules.add(`-A ${externalTrafficChain} -j ${externalPolicyChain}`);
       } else {
         skippedRules +=
           (externalPolicyLocal ? (local !== undefined ? 3 : 2) : 1) + (hasExternalEndpoints ? 1 : 0);
@@ -358,14 +354,14 @@ export function generateRules(
         for (const range of ranges) if (cidrContains(range, nodeIP)) allowFromNode = true;
       }
       if (write) {
-        natChains.push(chainLine(chains.firewall));
+        natChains.add(chainLine(chains.firewall));
         const head = `-A ${chains.firewall} -m comment --comment "${name} loadbalancer IP"`;
-        for (const range of ranges) natRules.push(`${head} -s ${range.trim()} -j ${externalTrafficChain}`);
+        for (const range of ranges) natRules.add(`${head} -s ${range.trim()} -j ${externalTrafficChain}`);
         // A node reaching its own LB VIP loops back with the VIP as source; let it through when the node may connect.
         if (allowFromNode) {
-          for (const lbIP of sp.loadBalancerIPs) natRules.push(`${head} -s ${lbIP} -j ${externalTrafficChain}`);
+          for (const lbIP of sp.loadBalancerIPs) natRules.add(`${head} -s ${lbIP} -j ${externalTrafficChain}`);
         }
-        natRules.push(
+        natRules.add(
           `-A ${chains.firewall} -m comment --comment "other traffic to ${name} will be dropped by ${KUBE_PROXY_FIREWALL}"`,
         );
       } else {
@@ -378,7 +374,7 @@ export function generateRules(
     if (usesClusterPolicyChain) {
       active.add(chains.cluster);
       if (write) {
-        natChains.push(chainLine(chains.cluster));
+        natChains.add(chainLine(chains.cluster));
         writeServiceToEndpointRules(natRules, sp, chains.cluster, clusterEndpoints, affinitySeconds, largeClusterMode);
       } else skippedRules += clusterEndpoints.length * (affinitySeconds !== undefined ? 2 : 1);
     }
@@ -386,20 +382,20 @@ export function generateRules(
     if (usesLocalPolicyChain) {
       active.add(chains.local);
       if (write) {
-        natChains.push(chainLine(chains.local));
+        natChains.add(chainLine(chains.local));
         writeServiceToEndpointRules(natRules, sp, chains.local, localEndpoints, affinitySeconds, largeClusterMode);
       } else skippedRules += localEndpoints.length * (affinitySeconds !== undefined ? 2 : 1);
     }
 
     const sepComment = largeClusterMode ? "" : ` -m comment --comment ${name}`;
     for (const ep of allReachableEndpoints) {
-      const endpoint = joinHostPort(ep.ip, ep.port);
-      const sep = endpointChainName(name, sp.protocol, endpoint);
+      const { endpoint, chain: sep } = endpointNames(name, sp.protocol, ep);
       active.add(sep);
       if (write) {
-        natChains.push(chainLine(sep));
-        natRules.push(
-          `-A ${sep}${sepComment} -s ${ep.ip} -j ${KUBE_MARK_MASQ}`,
+        natChains.add(chainLine(sep));
+        // Hairpin: a pod reaching itself through the service must be SNATed or it would answer itself directly.
+        natRules.add(`-A ${sep}${sepComment} -s ${ep.ip} -j ${KUBE_MARK_MASQ}`);
+        natRules.add(
           `-A ${sep}${sepComment}${affinitySeconds !== undefined ? ` -m recent --name ${sep} --set` : ""} ${match} -j DNAT --to-destination ${endpoint}`,
         );
       } else skippedRules += 2;
@@ -411,8 +407,8 @@ export function generateRules(
     for (const chain of existingChains) {
       if (active.has(chain) || !isServiceChainName(chain)) continue;
       // Declaring the chain flushes it, so nothing references or fills it when -X runs.
-      natChains.push(chainLine(chain));
-      natRules.push(`-X ${chain}`);
+      natChains.add(chainLine(chain));
+      natRules.add(`-X ${chain}`);
       deletedChains.push(chain);
     }
   }
@@ -420,46 +416,45 @@ export function generateRules(
   // The jump to KUBE-NODEPORTS must stay the last rule of KUBE-SERVICES: it matches any local destination.
   if (nodePortAddresses === "all") {
     const notLocalhost = isIPv6 ? " ! -d ::1/128" : localhostNodePorts ? "" : " ! -d 127.0.0.0/8";
-    natRules.push(
+    natRules.add(
       `-A ${KUBE_SERVICES} -m comment --comment ${NODEPORTS_JUMP_COMMENT} -m addrtype --dst-type LOCAL${notLocalhost} -j ${KUBE_NODEPORTS}`,
     );
   } else {
     for (const ip of nodePortAddresses) {
       if (isLoopback(ip) && !localhostNodePorts) continue;
-      natRules.push(`-A ${KUBE_SERVICES} -m comment --comment ${NODEPORTS_JUMP_COMMENT} -d ${ip} -j ${KUBE_NODEPORTS}`);
+      natRules.add(`-A ${KUBE_SERVICES} -m comment --comment ${NODEPORTS_JUMP_COMMENT} -d ${ip} -j ${KUBE_NODEPORTS}`);
     }
   }
 
   if (!options.conntrackTCPLiberal) {
     // Without tcp_be_liberal, an INVALID packet would bypass DNAT and reach the pod's peer as a stray RST.
-    filterRules.push(
+    filterRules.add(
       `-A ${KUBE_FORWARD} -m conntrack --ctstate INVALID${
         options.nfacctCounters.ctStateInvalidDropped ? ` -m nfacct --nfacct-name ${INVALID_DROPPED_COUNTER}` : ""
       } -j DROP`,
     );
   }
-  filterRules.push(
+  // Marked packets are forwarded even where the FORWARD policy is DROP (NodePort traffic to other nodes' pods).
+  filterRules.add(
     `-A ${KUBE_FORWARD} -m comment --comment "kubernetes forwarding rules" -m mark --mark ${mark}/${mark} -j ACCEPT`,
+  );
+  filterRules.add(
     `-A ${KUBE_FORWARD} -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
   );
 
-  const text = `*filter\n${filterChains.join("\n")}\n${filterRules.join("\n")}\nCOMMIT\n*nat\n${natChains.join(
-    "\n",
-  )}\n${natRules.join("\n")}\nCOMMIT\n`;
+  const text = `*filter\n${filterChains.text()}${filterRules.text()}COMMIT\n*nat\n${natChains.text()}${natRules.text()}COMMIT\n`;
 
-  const natRuleLines = natRules.length - deletedChains.length;
+  const natRuleLines = natRules.lines - deletedChains.length;
   return {
     text,
-    filter: { chains: filterChains, rules: filterRules },
-    nat: { chains: natChains, rules: natRules },
     activeNatChains: active,
     deletedChains,
     counts: {
       servicePorts,
       endpoints: totalEndpoints,
-      filterChains: filterChains.length,
-      filterRules: filterRules.length,
-      natChains: natChains.length,
+      filterChains: filterChains.lines,
+      filterRules: filterRules.lines,
+      natChains: natChains.lines,
       natRules: natRuleLines,
       natRulesTotal: natRuleLines + skippedRules,
       deletedChains: deletedChains.length,
@@ -473,7 +468,7 @@ export function generateRules(
 
 /** Session-affinity checks first (a known client goes back to its endpoint), then the random spread. */
 function writeServiceToEndpointRules(
-  natRules: string[],
+  natRules: LineBuffer,
   sp: ServicePort,
   chain: string,
   endpoints: readonly Endpoint[],
@@ -485,15 +480,14 @@ function writeServiceToEndpointRules(
   const targets: string[] = new Array<string>(n);
   const comments: string[] = new Array<string>(n);
   for (let i = 0; i < n; i++) {
-    const ep = endpoints[i] as Endpoint;
-    const endpoint = joinHostPort(ep.ip, ep.port);
-    targets[i] = endpointChainName(name, sp.protocol, endpoint);
+    const { endpoint, chain: sep } = endpointNames(name, sp.protocol, endpoints[i] as Endpoint);
+    targets[i] = sep;
     comments[i] = largeClusterMode ? "" : ` -m comment --comment "${name} -> ${endpoint}"`;
   }
   if (affinitySeconds !== undefined) {
     for (let i = 0; i < n; i++) {
       const sep = targets[i];
-      natRules.push(
+      natRules.add(
         `-A ${chain}${comments[i]} -m recent --name ${sep} --rcheck --seconds ${affinitySeconds} --reap -j ${sep}`,
       );
     }
@@ -501,6 +495,6 @@ function writeServiceToEndpointRules(
   for (let i = 0; i < n; i++) {
     // Endpoint i of n takes 1/(n-i) of what is left, which spreads evenly; the last one takes the rest.
     const spread = i < n - 1 ? ` -m statistic --mode random --probability ${probability(n - i)}` : "";
-    natRules.push(`-A ${chain}${comments[i]}${spread} -j ${targets[i]}`);
+    natRules.add(`-A ${chain}${comments[i]}${spread} -j ${targets[i]}`);
   }
 }
