@@ -1,0 +1,245 @@
+/**
+ * kproxy's entry point: flags → configuration → wiring → signals. Nothing else reads process
+ * arguments or the environment.
+ */
+import { writeFile } from "node:fs/promises";
+import type { Backend } from "./backends/backend.ts";
+import { DryRunBackend } from "./backends/dry-run.ts";
+import { hostAddresses } from "./backends/iptables-options.ts";
+import { plannerFor } from "./backends/planners.ts";
+import { CliError, helpText, parseArgs, resolveConfig } from "./cli.ts";
+import { type Config, ConfigError, configzObject, effectiveProxyMode, nodeName, writeConfigFile } from "./config/index.ts";
+import { DEMO_MANIFEST, DEMO_NODE_NAME } from "./demo.ts";
+import { connect } from "./kube/connect.ts";
+import { createLogger, type Logger } from "./log.ts";
+import { createMetrics } from "./metrics.ts";
+import { ProxyModel } from "./model/tracker.ts";
+import { ProxierHealth } from "./server/health.ts";
+import { BindError } from "./server/serve.ts";
+import { startHealthServer, startMetricsServer } from "./server/start.ts";
+import { ApiSource } from "./source/api.ts";
+import { ManifestSource, type ManifestFiles } from "./source/manifest.ts";
+import type { Source } from "./source/types.ts";
+import { SyncLoop } from "./sync/loop.ts";
+import { realClock } from "./system/clock.ts";
+import { buildTarget, version } from "./version.ts";
+
+/** Exit codes: 0 ok, 1 bad configuration or fatal runtime error, 2 bad command line. */
+export const EXIT_OK = 0;
+export const EXIT_CONFIG = 1;
+export const EXIT_USAGE = 2;
+
+export interface MainIO {
+  readonly stdout: (text: string) => void;
+  readonly stderr: (text: string) => void;
+  /** Resolves when the process is asked to stop (SIGTERM/SIGINT). */
+  readonly stopSignal: AbortSignal;
+}
+
+const demoFiles: ManifestFiles = {
+  read: async () => DEMO_MANIFEST,
+  stat: async () => ({ mtimeMs: 0, size: DEMO_MANIFEST.length, ino: 0 }),
+  watch: () => () => {},
+};
+
+function versionLine(): string {
+  return `kproxy ${version} (bun ${Bun.version}, ${buildTarget})`;
+}
+
+/** The demo runs without root or a cluster: loopback servers, the demo node, nothing applied. */
+function demoConfig(config: Config): Config {
+  return {
+    ...config,
+    hostnameOverride: DEMO_NODE_NAME,
+    healthzBindAddress: config.healthzBindAddress.startsWith("0.0.0.0:") ? "127.0.0.1:10256" : config.healthzBindAddress,
+  };
+}
+
+function sourceFor(config: Config, cli: ReturnType<typeof parseArgs>, node: string, logger: Logger): Source | Promise<Source> {
+  if (cli.demo) return new ManifestSource({ path: "<built-in demo>", files: demoFiles, logger });
+  if (cli.servicesFile !== undefined) return new ManifestSource({ path: cli.servicesFile, logger });
+  return connect({
+    kubeconfigPath: config.clientConnection.kubeconfig || undefined,
+    masterUrl: cli.master,
+    qps: config.clientConnection.qps,
+    burst: config.clientConnection.burst,
+    contentType: config.clientConnection.contentType,
+    logger,
+  }).then((client) => new ApiSource({ client, nodeName: node, logger }));
+}
+
+function backendFor(config: Config, dryRun: boolean, io: MainIO, logger: Logger): Backend {
+  const mode = effectiveProxyMode(config);
+  const planner = plannerFor(config, hostAddresses);
+  if (!planner) throw new ConfigError("mode", [{ path: "mode", value: mode, message: "is not implemented by this kproxy build yet" }]);
+  if (dryRun) {
+    return new DryRunBackend(mode, planner, (plan) => io.stdout(plan));
+  }
+  // Applying rules to the kernel arrives with each mode's backend; until then the demo plans only.
+  return new DryRunBackend(mode, planner, (plan, changes) => {
+    logger.info("Planned proxy rules (not applied)", { lines: plan.split("\n").length, full: changes.full, changed: changes.changed.size });
+  });
+}
+
+/** Applies oomScoreAdj as upstream does; a container or unprivileged user may not be allowed to. */
+async function applyOomScoreAdj(value: number, logger: Logger): Promise<void> {
+  try {
+    await writeFile("/proc/self/oom_score_adj", String(value));
+  } catch (err) {
+    logger.debug(2, "Could not set oom_score_adj", { value, err });
+  }
+}
+
+export async function main(argv: readonly string[], io: MainIO): Promise<number> {
+  let cli: ReturnType<typeof parseArgs>;
+  try {
+    cli = parseArgs(argv);
+  } catch (err) {
+    if (err instanceof CliError) {
+      io.stderr(`kproxy: ${err.message}\nRun 'kproxy --help' for usage.\n`);
+      return EXIT_USAGE;
+    }
+    throw err;
+  }
+  if (cli.help) {
+    io.stdout(helpText());
+    return EXIT_OK;
+  }
+  if (cli.version) {
+    io.stdout(`${versionLine()}\n`);
+    return EXIT_OK;
+  }
+
+  let config: Config;
+  let warnings: readonly string[];
+  try {
+    ({ config, warnings } = resolveConfig(cli));
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      io.stderr(`kproxy: ${err.message}\n`);
+      return EXIT_CONFIG;
+    }
+    throw err;
+  }
+  if (cli.demo) config = demoConfig(config);
+
+  const logger = createLogger({
+    format: config.logging.format === "json" ? "json" : "text",
+    verbosity: config.logging.verbosity,
+    write: (line) => io.stderr(`${line}\n`),
+  });
+  for (const warning of warnings) logger.warn(warning);
+
+  if (cli.writeConfigTo !== undefined) {
+    writeConfigFile(cli.writeConfigTo, config);
+    logger.info("Wrote the effective configuration", { path: cli.writeConfigTo });
+    return EXIT_OK;
+  }
+  if (cli.cleanup) {
+    logger.info("Cleanup: nothing to remove; no mode of this build writes kernel state yet");
+    return EXIT_OK;
+  }
+
+  const mode = effectiveProxyMode(config);
+  const node = nodeName(config.hostnameOverride);
+  logger.info("Starting kproxy", { version, mode, node, dryRun: cli.dryRun, demo: cli.demo });
+  await applyOomScoreAdj(config.oomScoreAdj, logger);
+
+  const stop = new AbortController();
+  const onStop = () => stop.abort();
+  io.stopSignal.addEventListener("abort", onStop, { once: true });
+
+  const clock = realClock;
+  const metrics = createMetrics({ mode });
+  // Upstream's v1alpha1 proxier health uses 2 × iptables.syncPeriod in every mode.
+  const health = new ProxierHealth({ healthTimeoutMs: 2 * config.iptables.syncPeriod, clock });
+  const syncPeriods = mode === "ipvs" ? config.ipvs : config.iptables;
+
+  let backend: Backend;
+  try {
+    backend = backendFor(config, cli.dryRun, io, logger);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      io.stderr(`kproxy: ${err.message}\n`);
+      return EXIT_CONFIG;
+    }
+    throw err;
+  }
+
+  const servers = [];
+  if (!cli.dryRun) {
+    try {
+      const healthServer = await startHealthServer({ address: config.healthzBindAddress, health, metrics, logger, clock, hardFail: config.bindAddressHardFail });
+      const metricsServer = await startMetricsServer({
+        address: config.metricsBindAddress,
+        metrics,
+        mode,
+        configz: () => configzObject(config),
+        logger,
+        clock,
+        hardFail: config.bindAddressHardFail,
+      });
+      for (const s of [healthServer, metricsServer]) if (s) servers.push(s);
+    } catch (err) {
+      if (err instanceof BindError) {
+        logger.error("Cannot bind, and bindAddressHardFail is set", { err });
+        for (const s of servers) await s.stop();
+        return EXIT_CONFIG;
+      }
+      throw err;
+    }
+    for (const s of servers) {
+      void s.listening.then((port) => logger.info("Serving", { server: s.name, address: s.address, port }));
+    }
+  }
+
+  const model = new ProxyModel({ nodeName: node, logger, now: () => clock.now() });
+  let dryRunDone: (() => void) | undefined;
+  const loop = new SyncLoop({
+    model,
+    backend,
+    health,
+    metrics,
+    clock,
+    logger,
+    minSyncPeriodMs: syncPeriods.minSyncPeriod,
+    syncPeriodMs: syncPeriods.syncPeriod,
+    onSynced: (outcome) => {
+      if (cli.dryRun && outcome.ok) dryRunDone?.();
+    },
+  });
+  if (cli.dryRun) dryRunDone = () => stop.abort();
+
+  let exitCode = EXIT_OK;
+  try {
+    const source = await sourceFor(config, cli, node, logger);
+    const sourceDone = source.start((event) => model.apply(event), stop.signal);
+    const loopDone = loop.start(stop.signal);
+    await Promise.all([sourceDone, loopDone]);
+  } catch (err) {
+    logger.error("kproxy stopped on an error", { err });
+    exitCode = EXIT_CONFIG;
+  } finally {
+    stop.abort();
+    for (const s of servers) await s.stop();
+    await backend.close();
+    io.stopSignal.removeEventListener("abort", onStop);
+  }
+  // Kernel state is deliberately left in place: a restarted kproxy takes it over without a gap.
+  logger.info("kproxy stopped", { exitCode });
+  return exitCode;
+}
+
+if (import.meta.main) {
+  const stopping = new AbortController();
+  for (const signal of ["SIGTERM", "SIGINT"] as const) process.on(signal, () => stopping.abort());
+  const code = await main(process.argv.slice(2), {
+    stdout: (text) => process.stdout.write(text),
+    stderr: (text) => process.stderr.write(text),
+    stopSignal: stopping.signal,
+  }).catch((err: unknown) => {
+    process.stderr.write(`kproxy: ${err instanceof Error ? err.message : String(err)}\n`);
+    return EXIT_CONFIG;
+  });
+  process.exit(code);
+}
