@@ -4,3 +4,5 @@ export { clientIPOf, ENDPOINT_DIAL_TIMEOUTS_MS, joinHostPort, splitHostPort } fr
 export type { CloseOptions, ProxySocket, RelayProtocol, RelayStats } from "./proxy-socket.ts";
 export { startTcpRelay } from "./tcp-relay.ts";
 export type { TcpRelay, TcpRelayOptions } from "./tcp-relay.ts";
+export { DEFAULT_UDP_IDLE_TIMEOUT_MS, startUdpRelay } from "./udp-relay.ts";
+export type { UdpRelay, UdpRelayOptions } from "./udp-relay.ts";

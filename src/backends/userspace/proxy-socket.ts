@@ -16,6 +16,8 @@ export interface RelayStats {
   readonly dialFailures: number;
   /** Clients turned away because no endpoint could be reached. */
   readonly rejected: number;
+  /** Bytes held by the relay right now, waiting for a slow reader or a dial (bounded by backpressure). */
+  readonly bufferedBytes: number;
 }
 
 export interface CloseOptions {

@@ -1,7 +1,5 @@
 import type { Socket, SocketHandler, TCPSocketListener, TCPSocketListenOptions } from "bun";
 import type { Logger } from "../../log.ts";
-import type { Clock } from "../../system/clock.ts";
-import { realClock } from "../../system/clock.ts";
 import type { EndpointChooser } from "./load-balancer.ts";
 import type { CloseOptions, ProxySocket, RelayStats } from "./proxy-socket.ts";
 import { clientIPOf, ENDPOINT_DIAL_TIMEOUTS_MS, splitHostPort } from "./proxy-socket.ts";
@@ -13,7 +11,6 @@ export interface TcpRelayOptions {
   /** 0 lets the kernel choose; read the result from `port`. */
   readonly port: number;
   readonly chooser: EndpointChooser;
-  readonly clock?: Clock;
   readonly logger?: Logger;
   readonly dialTimeoutsMs?: readonly number[];
   /** Share the port with other listeners of this process or others (SO_REUSEPORT), for relay workers. */
@@ -55,7 +52,7 @@ class Connection {
   readonly client: Half;
   backend: Half;
   attempt = 0;
-  dialTimer: AbortController | undefined;
+  dialTimer: ReturnType<typeof setTimeout> | undefined;
   done = false;
 
   constructor(
@@ -199,9 +196,14 @@ function onError(s: Socket<Half>, error: Error): void {
   s.data.conn.relay.logger?.debug(4, "relay socket error", { service: s.data.conn.relay.serviceKey, err: error });
 }
 
+function clearDialTimer(conn: Connection): void {
+  if (conn.dialTimer !== undefined) clearTimeout(conn.dialTimer);
+  conn.dialTimer = undefined;
+}
+
 function abandonDial(conn: Connection): void {
   conn.backend.abandoned = true;
-  conn.dialTimer?.abort();
+  clearDialTimer(conn);
   conn.relay.connectionDone(conn);
 }
 
@@ -223,8 +225,7 @@ const backendHandlers: SocketHandler<Half> = {
       s.terminate();
       return;
     }
-    conn.dialTimer?.abort();
-    conn.dialTimer = undefined;
+    clearDialTimer(conn);
     h.socket = s;
     if (h.queued > 0 && !flush(h)) return;
     afterFlush(h);
@@ -243,7 +244,6 @@ class Relay implements TcpRelay {
   readonly host: string;
   port = 0;
   readonly chooser: EndpointChooser;
-  readonly clock: Clock;
   readonly logger: Logger | undefined;
   readonly dialTimeoutsMs: readonly number[];
   readonly connectBufferBytes: number;
@@ -259,7 +259,6 @@ class Relay implements TcpRelay {
     this.serviceKey = options.serviceKey;
     this.host = options.host;
     this.chooser = options.chooser;
-    this.clock = options.clock ?? realClock;
     this.logger = options.logger;
     this.dialTimeoutsMs = options.dialTimeoutsMs ?? ENDPOINT_DIAL_TIMEOUTS_MS;
     this.connectBufferBytes = options.connectBufferBytes ?? 256 * 1024;
@@ -315,13 +314,13 @@ class Relay implements TcpRelay {
       this.dialFailed(conn, err as Error);
       return;
     }
-    const timer = new AbortController();
-    conn.dialTimer = timer;
-    void this.clock.sleep(timeoutMs, timer.signal).then(() => {
-      if (timer.signal.aborted || half.socket || half.abandoned) return;
+    // A plain timer rather than the Clock: it is armed for every connection, and tests shorten it instead.
+    conn.dialTimer = setTimeout(() => {
+      conn.dialTimer = undefined;
+      if (half.socket || half.abandoned) return;
       half.abandoned = true;
       this.dialFailed(conn, new Error(`dial ${endpoint} timed out after ${timeoutMs} ms`));
-    });
+    }, timeoutMs);
     Bun.connect<Half>({
       hostname: target.host,
       port: target.port,
@@ -335,8 +334,7 @@ class Relay implements TcpRelay {
 
   dialFailed(conn: Connection, error: Error): void {
     this.dialFailures++;
-    conn.dialTimer?.abort();
-    conn.dialTimer = undefined;
+    clearDialTimer(conn);
     this.logger?.debug(2, "dial failed", { service: this.serviceKey, client: conn.clientIP, err: error });
     if (conn.client.closed) {
       this.connectionDone(conn);
@@ -365,7 +363,10 @@ class Relay implements TcpRelay {
   }
 
   stats(): RelayStats {
+    let buffered = 0;
+    for (const c of this.connections) buffered += c.client.queued + c.backend.queued;
     return {
+      bufferedBytes: buffered,
       active: this.connections.size,
       total: this.total,
       bytesToEndpoints: this.toEndpoints,
@@ -381,7 +382,7 @@ class Relay implements TcpRelay {
     if (!options.closeActive) return;
     for (const conn of [...this.connections]) {
       conn.backend.abandoned = true;
-      conn.dialTimer?.abort();
+      clearDialTimer(conn);
       conn.client.socket?.terminate();
       conn.backend.socket?.terminate();
       this.connectionDone(conn);

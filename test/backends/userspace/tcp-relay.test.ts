@@ -1,0 +1,297 @@
+import { afterEach, describe, expect, test } from "bun:test";
+import type net from "node:net";
+import { LoadBalancer } from "../../../src/backends/userspace/load-balancer.ts";
+import { startTcpRelay } from "../../../src/backends/userspace/tcp-relay.ts";
+import type { TcpRelay, TcpRelayOptions } from "../../../src/backends/userspace/tcp-relay.ts";
+import type { Backend } from "./helpers.ts";
+import {
+  closedPort,
+  connect,
+  echo,
+  eventually,
+  fetchName,
+  hashUntilEnd,
+  HOST,
+  nameServer,
+  pattern,
+  readAll,
+  sha256,
+  startBackend,
+} from "./helpers.ts";
+
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+async function backend(onConnection: (s: net.Socket) => void): Promise<Backend> {
+  const b = await startBackend(onConnection);
+  cleanups.push(() => b.close());
+  return b;
+}
+
+function relayTo(endpoints: string[], extra: Partial<TcpRelayOptions> = {}): { relay: TcpRelay; lb: LoadBalancer } {
+  const lb = new LoadBalancer();
+  lb.update("ns/svc:p", endpoints);
+  const relay = startTcpRelay({ serviceKey: "ns/svc:p", host: HOST, port: 0, chooser: lb, ...extra });
+  cleanups.push(() => relay.close({ closeActive: true }));
+  return { relay, lb };
+}
+
+function track(s: net.Socket): net.Socket {
+  cleanups.push(() => {
+    s.destroy();
+  });
+  return s;
+}
+
+describe("TCP relay data path", () => {
+  test("64 MiB each way at once arrive intact (sha256), and counters add up", async () => {
+    const size = 64 * 1024 * 1024;
+    const up = pattern(size, 1);
+    const down = pattern(size, 2);
+    let backendGot: Promise<{ digest: string; bytes: number }> | undefined;
+    const b = await backend((s) => {
+      backendGot = hashUntilEnd(s);
+      s.end(down);
+    });
+    const { relay } = relayTo([b.endpoint]);
+    expect(relay.port).toBeGreaterThan(0);
+    const c = track(await connect(relay.port));
+    const clientGot = hashUntilEnd(c);
+    c.end(up);
+    const [fromBackend, toBackend] = await Promise.all([clientGot, eventually("backend accepted", () => backendGot !== undefined).then(() => backendGot!)]);
+    expect(fromBackend.bytes).toBe(size);
+    expect(fromBackend.digest).toBe(sha256(down));
+    expect(toBackend.bytes).toBe(size);
+    expect(toBackend.digest).toBe(sha256(up));
+    await eventually("connection closed", () => relay.stats().active === 0);
+    const st = relay.stats();
+    expect(st.total).toBe(1);
+    expect(st.bytesToEndpoints).toBe(size);
+    expect(st.bytesToClients).toBe(size);
+    expect(st.bufferedBytes).toBe(0);
+  }, 20_000);
+
+  test("a slow reader pauses the writer: the relay holds little while the backend does not read", async () => {
+    let backendSocket: net.Socket | undefined;
+    const b = await backend((s) => {
+      backendSocket = s;
+      s.pause();
+    });
+    const { relay } = relayTo([b.endpoint]);
+    const c = track(await connect(relay.port));
+    const size = 48 * 1024 * 1024;
+    const data = pattern(size, 3);
+    c.end(data);
+    await eventually("backend accepted", () => backendSocket !== undefined);
+    // The client's writes back up into its own buffer instead of into the relay.
+    await eventually("client blocked", () => c.writableLength > 8 * 1024 * 1024);
+    const heldWhileBlocked = relay.stats().bufferedBytes;
+    expect(heldWhileBlocked).toBeLessThan(4 * 1024 * 1024);
+    const got = hashUntilEnd(backendSocket!);
+    backendSocket!.resume();
+    const r = await got;
+    expect(r.bytes).toBe(size);
+    expect(r.digest).toBe(sha256(data));
+  }, 20_000);
+
+  test("half-close: the client shuts its write side and still gets the whole reply", async () => {
+    const b = await backend((s) => {
+      const parts: Buffer[] = [];
+      s.on("data", (d: Buffer) => parts.push(d));
+      // Replies only after the request's FIN arrived, then keeps streaming for a while.
+      s.on("end", () => {
+        const req = Buffer.concat(parts).toString();
+        s.write(`got ${req};`);
+        setImmediate(() => s.end("done"));
+      });
+    });
+    const { relay } = relayTo([b.endpoint]);
+    const c = track(await connect(relay.port));
+    const reply = readAll(c);
+    c.end("request");
+    expect(await reply).toBe("got request;done");
+    await eventually("connection closed", () => relay.stats().active === 0);
+  });
+
+  test("half-close the other way: the backend finishes first while the client keeps sending", async () => {
+    let received = "";
+    const backendDone = Promise.withResolvers<string>();
+    const b = await backend((s) => {
+      s.end("hello"); // FIN from the backend right away
+      s.on("data", (d: Buffer) => (received += d.toString()));
+      s.on("end", () => backendDone.resolve(received));
+    });
+    const { relay } = relayTo([b.endpoint]);
+    const c = track(await connect(relay.port));
+    const greeting = readAll(c);
+    expect(await greeting).toBe("hello");
+    c.write("still ");
+    c.end("talking");
+    expect(await backendDone.promise).toBe("still talking");
+    await eventually("connection closed", () => relay.stats().active === 0);
+  });
+
+  test("a backend that resets: the client sees the reset promptly", async () => {
+    const b = await backend((s) => {
+      s.write("partial");
+      s.once("data", () => s.resetAndDestroy());
+    });
+    const { relay } = relayTo([b.endpoint]);
+    const c = track(await connect(relay.port));
+    const closed = new Promise<{ err: string | undefined; data: string }>((resolve) => {
+      let data = "";
+      let err: string | undefined;
+      c.on("data", (d: Buffer) => (data += d.toString()));
+      c.on("error", (e: NodeJS.ErrnoException) => (err = e.code));
+      c.on("close", () => resolve({ err, data }));
+    });
+    await eventually("greeting", () => c.bytesRead > 0);
+    const t0 = Date.now();
+    c.write("trigger");
+    const r = await closed;
+    expect(Date.now() - t0).toBeLessThan(1000);
+    expect(r.data).toBe("partial");
+    expect(r.err).toBe("ECONNRESET");
+    await eventually("connection closed", () => relay.stats().active === 0);
+  });
+
+  test("a client that disappears mid-transfer: the backend socket is closed and nothing leaks", async () => {
+    const chunk = new Uint8Array(64 * 1024);
+    let backendClosed = false;
+    const b = await backend((s) => {
+      const pump = () => {
+        while (!s.destroyed && s.write(chunk));
+      };
+      s.on("drain", pump);
+      s.on("close", () => (backendClosed = true));
+      pump();
+    });
+    const { relay } = relayTo([b.endpoint]);
+    const c = track(await connect(relay.port));
+    c.resume();
+    await eventually("streaming", () => c.bytesRead > 1024 * 1024);
+    c.resetAndDestroy();
+    await eventually("backend closed", () => backendClosed);
+    await eventually("relay forgot the connection", () => relay.stats().active === 0);
+    expect(relay.stats().bufferedBytes).toBe(0);
+    expect(b.open()).toBe(0);
+  });
+
+  test("1,000 concurrent connections are all relayed correctly", async () => {
+    const b = await backend(echo);
+    const { relay } = relayTo([b.endpoint]);
+    const n = 1000;
+    const results = await Promise.all(
+      Array.from({ length: n }, async (_, i) => {
+        const c = track(await connect(relay.port));
+        const answer = readAll(c);
+        c.end(`connection-${i}`);
+        return (await answer) === `connection-${i}`;
+      }),
+    );
+    expect(results.filter(Boolean).length).toBe(n);
+    expect(relay.stats().total).toBe(n);
+    await eventually("all closed", () => relay.stats().active === 0, 5000);
+  }, 20_000);
+});
+
+describe("TCP relay balancing", () => {
+  test("round robin spreads connections evenly over three backends", async () => {
+    const names = ["a", "b", "c"];
+    const bs = await Promise.all(names.map((n) => backend(nameServer(n))));
+    const { relay } = relayTo(bs.map((b) => b.endpoint));
+    const counts: Record<string, number> = {};
+    for (let i = 0; i < 30; i++) {
+      const name = await fetchName(relay.port);
+      counts[name] = (counts[name] ?? 0) + 1;
+    }
+    expect(counts).toEqual({ a: 10, b: 10, c: 10 });
+  });
+
+  test("ClientIP affinity keeps a client on one backend", async () => {
+    const bs = await Promise.all(["a", "b", "c"].map((n) => backend(nameServer(n))));
+    const { relay, lb } = relayTo([]);
+    lb.update("ns/svc:p", bs.map((b) => b.endpoint), { type: "ClientIP", timeoutSeconds: 60 });
+    const seen = new Set<string>();
+    for (let i = 0; i < 9; i++) seen.add(await fetchName(relay.port));
+    expect(seen.size).toBe(1);
+  });
+
+  test("a failed dial moves on to the next endpoint and resets the client's affinity", async () => {
+    const live = await backend(nameServer("live"));
+    const dead = `${HOST}:${await closedPort()}`;
+    const lb = new LoadBalancer({ random: () => 0.99 }); // keeps the given order: dead first
+    lb.update("svc", [dead, live.endpoint], { type: "ClientIP", timeoutSeconds: 60 });
+    expect(lb.endpoints("svc")[0]).toBe(dead);
+    const relay = startTcpRelay({ serviceKey: "svc", host: HOST, port: 0, chooser: lb });
+    cleanups.push(() => relay.close({ closeActive: true }));
+    expect(await fetchName(relay.port)).toBe("live");
+    expect(relay.stats().dialFailures).toBe(1);
+    // The sticky record now points at the live endpoint: no more failed dials.
+    for (let i = 0; i < 3; i++) expect(await fetchName(relay.port)).toBe("live");
+    expect(relay.stats().dialFailures).toBe(1);
+  });
+
+  test("when no endpoint answers after every attempt the client is cut", async () => {
+    const deadPorts = await Promise.all([closedPort(), closedPort()]);
+    const { relay } = relayTo(deadPorts.map((p) => `${HOST}:${p}`));
+    const c = track(await connect(relay.port));
+    const closed = new Promise<void>((resolve) => c.on("close", () => resolve()));
+    c.on("error", () => {});
+    await closed;
+    const st = relay.stats();
+    expect(st.dialFailures).toBe(4);
+    expect(st.rejected).toBe(1);
+    expect(st.active).toBe(0);
+  });
+
+  test("a service with no endpoints rejects at once", async () => {
+    const { relay } = relayTo([]);
+    const c = track(await connect(relay.port));
+    c.on("error", () => {});
+    await new Promise<void>((resolve) => c.on("close", () => resolve()));
+    expect(relay.stats().rejected).toBe(1);
+  });
+
+  test("an endpoint change applies to the very next connection", async () => {
+    const a = await backend(nameServer("a"));
+    const b = await backend(nameServer("b"));
+    const { relay, lb } = relayTo([a.endpoint]);
+    expect(await fetchName(relay.port)).toBe("a");
+    lb.update("ns/svc:p", [b.endpoint]);
+    expect(await fetchName(relay.port)).toBe("b");
+  });
+});
+
+describe("TCP relay lifecycle", () => {
+  test("close stops listening; existing connections carry on unless closeActive", async () => {
+    const b = await backend(echo);
+    const { relay } = relayTo([b.endpoint]);
+    const c = track(await connect(relay.port));
+    c.write("one");
+    await eventually("echo", () => c.bytesRead === 3);
+    await relay.close();
+    await expect(connect(relay.port)).rejects.toThrow();
+    c.write("two");
+    await eventually("still relayed", () => c.bytesRead === 6);
+    expect(relay.stats().active).toBe(1);
+    const closed = new Promise<void>((resolve) => c.on("close", () => resolve()));
+    c.on("error", () => {});
+    await relay.close({ closeActive: true });
+    await closed;
+    expect(relay.stats().active).toBe(0);
+    await eventually("backend side closed", () => b.open() === 0);
+  });
+
+  test("data sent before the endpoint answers is delivered once it does", async () => {
+    const b = await backend(echo);
+    const { relay } = relayTo([b.endpoint]);
+    const c = track(await connect(relay.port));
+    const answer = readAll(c);
+    // Written immediately, while the relay is still dialling.
+    c.end("early bytes");
+    expect(await answer).toBe("early bytes");
+  });
+});
