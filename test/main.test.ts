@@ -114,7 +114,7 @@ describe("kproxy command line", () => {
       await child.waitFor(/Planned proxy rules/);
       const healthz = await fetch(`http://127.0.0.1:${health[1]}/healthz`);
       expect(healthz.status).toBe(200);
-      expect(Object.keys(await healthz.json())).toEqual(["lastUpdated", "currentTime", "nodeEligible"]);
+      expect(Object.keys((await healthz.json()) as object)).toEqual(["lastUpdated", "currentTime", "nodeEligible"]);
       const text = await (await fetch(`http://127.0.0.1:${metrics[1]}/metrics`)).text();
       expect(text).toMatch(/^kubeproxy_sync_proxy_rules_last_timestamp_seconds [1-9]/m);
       expect(await (await fetch(`http://127.0.0.1:${metrics[1]}/proxyMode`)).text()).toBe("iptables");
