@@ -9,6 +9,12 @@
  * the others stay in the kernel untouched. Stale per-service chains among `existingChains` are
  * flushed and deleted with `-X` in both modes.
  */
+import {
+  categorizeEndpoints,
+  externallyAccessible as isExternallyAccessible,
+  usesClusterEndpoints as portUsesClusterEndpoints,
+  usesLocalEndpoints as portUsesLocalEndpoints,
+} from "../../model/topology.ts";
 import type { Endpoint, IPFamily, NodeInfo, ServicePort, Snapshot } from "../../model/types.ts";
 import {
   chainLine,
@@ -45,7 +51,8 @@ export type CategorizeEndpoints = (
 ) => CategorizedEndpoints;
 
 export interface GenerateContext {
-  readonly categorize: CategorizeEndpoints;
+  /** Endpoint selection; the model's `categorizeEndpoints` (upstream's CategorizeEndpoints) unless given. */
+  readonly categorize?: CategorizeEndpoints;
   /**
    * Partial generation: keys of the service ports whose own chains must be rewritten (changed or
    * removed). Absent for a full generation.
@@ -123,9 +130,9 @@ export function generateRules(
   snapshot: Snapshot,
   family: IPFamily,
   options: RuleOptions,
-  context: GenerateContext,
+  context: GenerateContext = {},
 ): GeneratedRules {
-  const { categorize, changed, existingChains } = context;
+  const { categorize = categorizeEndpoints, changed, existingChains } = context;
   const node = snapshot.node;
   const isIPv6 = family === "IPv6";
   const mark = masqueradeMark(options.masqueradeBit);
@@ -193,12 +200,12 @@ export function generateRules(
       node,
     );
 
-    const externallyAccessible =
-      sp.nodePort !== 0 || sp.loadBalancerIPs.length > 0 || sp.externalIPs.length > 0;
+    const externallyAccessible = isExternallyAccessible(sp);
     const externalPolicyLocal = sp.externalPolicyLocal && externallyAccessible;
     const internalPolicyLocal = sp.internalPolicyLocal;
-    const usesClusterEndpoints = !internalPolicyLocal || (externallyAccessible && !externalPolicyLocal);
-    const usesLocalEndpoints = internalPolicyLocal || (externallyAccessible && externalPolicyLocal);
+    // External traffic needs the Cluster chain even with a Local policy: pods and the node short-circuit to it.
+    const usesClusterEndpoints = portUsesClusterEndpoints(sp);
+    const usesLocalEndpoints = portUsesLocalEndpoints(sp);
     const usesClusterPolicyChain = clusterEndpoints.length > 0 && usesClusterEndpoints;
     const usesLocalPolicyChain = localEndpoints.length > 0 && usesLocalEndpoints;
 

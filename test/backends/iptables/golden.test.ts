@@ -10,13 +10,12 @@ import {
   endpoint,
   fakeProxierOptions,
   servicePort,
-  simpleCategorize,
   snapshot,
   sortRestoreText,
   testNodeName,
 } from "./helpers.ts";
 
-const full: GenerateContext = { categorize: simpleCategorize };
+const full: GenerateContext = {};
 
 describe("TestOverallIPTablesRules", () => {
   test("a mix of service types gives upstream's exact rules", async () => {

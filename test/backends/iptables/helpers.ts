@@ -1,10 +1,10 @@
 /**
- * Builders for snapshots in the shape of upstream's proxier tests, a small stand-in for endpoint
- * categorization, and the same ordering normalisation upstream's golden tests apply (upstream walks
- * a Go map of services, so only the order within a chain is meaningful).
+ * Builders for snapshots in the shape of upstream's proxier tests, and the same ordering
+ * normalisation upstream's golden tests apply (upstream walks a Go map of services, so only the order
+ * within a chain is meaningful). Endpoint selection is the model's real `categorizeEndpoints`.
  */
 import type { Endpoint, IPFamily, NodeInfo, Protocol, ServicePort, Snapshot } from "../../../src/model/types.ts";
-import type { CategorizedEndpoints, CategorizeEndpoints, RuleOptions } from "../../../src/backends/iptables/index.ts";
+import type { RuleOptions } from "../../../src/backends/iptables/index.ts";
 import { defaultRuleOptions } from "../../../src/backends/iptables/index.ts";
 
 export const testNodeName = "test-node";
@@ -80,27 +80,6 @@ export const fakeProxierOptions: RuleOptions = {
   clusterCIDRs: ["10.0.0.0/8", "fd00:10::/64"],
   nodeIPs: [testNodeIP, "2001:db8::1"],
   nfacctCounters: { ctStateInvalidDropped: true, localhostNodePortsAccepted: true },
-};
-
-function usable(endpoints: readonly Endpoint[]): readonly Endpoint[] {
-  const ready = endpoints.filter((ep) => ep.ready);
-  return ready.length > 0 ? ready : endpoints.filter((ep) => ep.serving && ep.terminating);
-}
-
-/** Upstream's CategorizeEndpoints without topology hints: ready endpoints, else serving-terminating ones. */
-export const simpleCategorize: CategorizeEndpoints = (sp, endpoints): CategorizedEndpoints => {
-  const externallyAccessible = sp.nodePort !== 0 || sp.loadBalancerIPs.length > 0 || sp.externalIPs.length > 0;
-  const externalPolicyLocal = sp.externalPolicyLocal && externallyAccessible;
-  const usesCluster = !sp.internalPolicyLocal || (externallyAccessible && !externalPolicyLocal);
-  const usesLocal = sp.internalPolicyLocal || (externallyAccessible && externalPolicyLocal);
-  const clusterEndpoints = usesCluster ? usable(endpoints) : [];
-  const hasAnyEndpoints = usable(endpoints).length > 0;
-  if (!usesLocal) {
-    return { clusterEndpoints, localEndpoints: [], allReachableEndpoints: clusterEndpoints, hasAnyEndpoints };
-  }
-  const localEndpoints = usable(endpoints.filter((ep) => ep.isLocal));
-  const all = usesCluster ? [...clusterEndpoints, ...localEndpoints.filter((ep) => !clusterEndpoints.includes(ep))] : localEndpoints;
-  return { clusterEndpoints, localEndpoints, allReachableEndpoints: all, hasAnyEndpoints };
 };
 
 interface ParsedTable {

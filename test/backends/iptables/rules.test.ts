@@ -14,12 +14,11 @@ import {
   endpoint,
   fakeProxierOptions,
   servicePort,
-  simpleCategorize,
   snapshot,
   testNodeName,
 } from "./helpers.ts";
 
-const full: GenerateContext = { categorize: simpleCategorize };
+const full: GenerateContext = {};
 const local = (ip: string, port: number): Endpoint => endpoint(ip, port, { nodeName: testNodeName });
 
 function generate(
@@ -165,6 +164,39 @@ describe("traffic policies", () => {
     expect(chainRules(out.text, "nat", "KUBE-EXT-GNZBNJ2PO5MGZ6GT").some((r) => r.includes("KUBE-SVL-"))).toBe(false);
     expect(out.text).not.toContain("KUBE-SVL-");
     expect(out.counts.noLocalEndpointsExternal).toBe(1);
+    expectConsistentJumps(out.text);
+  });
+});
+
+describe("both policies Local", () => {
+  const sp = servicePort("ns1", "svc1", "p80", {
+    type: "NodePort",
+    clusterIP: "172.30.0.41",
+    port: 80,
+    nodePort: 3001,
+    internalPolicyLocal: true,
+    externalPolicyLocal: true,
+  });
+
+  test("the Cluster chain still exists for short-circuited pod and node traffic", () => {
+    const out = generate([[sp, [endpoint("10.180.0.1", 80), local("10.180.0.2", 80)]]]);
+    expect(chainRules(out.text, "nat", "KUBE-SERVICES")[0]).toEndWith("-j KUBE-SVL-XPGD46QRK7WJZT7O");
+    expect(chainRules(out.text, "nat", "KUBE-SVC-XPGD46QRK7WJZT7O").filter((r) => r.includes("-j KUBE-SEP-"))).toHaveLength(2);
+    expect(chainRules(out.text, "nat", "KUBE-SVL-XPGD46QRK7WJZT7O").filter((r) => r.includes("-j KUBE-SEP-"))).toHaveLength(1);
+    expect(chainRules(out.text, "nat", "KUBE-EXT-XPGD46QRK7WJZT7O").at(-1)).toBe(
+      "-A KUBE-EXT-XPGD46QRK7WJZT7O -j KUBE-SVL-XPGD46QRK7WJZT7O",
+    );
+    expectConsistentJumps(out.text);
+  });
+
+  test("with no local endpoint both internal and external traffic drop, but pods still short-circuit", () => {
+    const out = generate([[sp, [endpoint("10.180.0.1", 80)]]]);
+    expect(chainRules(out.text, "filter", "KUBE-SERVICES")).toEqual([
+      `-A KUBE-SERVICES -m comment --comment "ns1/svc1:p80 has no local endpoints" -m tcp -p tcp -d 172.30.0.41 --dport 80 -j DROP`,
+    ]);
+    expect(chainRules(out.text, "filter", "KUBE-EXTERNAL-SERVICES")).toHaveLength(1);
+    expect(out.text).not.toContain("KUBE-SVL-");
+    expect(chainRules(out.text, "nat", "KUBE-EXT-XPGD46QRK7WJZT7O")[0]).toContain("-s 10.0.0.0/8 -j KUBE-SVC-XPGD46QRK7WJZT7O");
     expectConsistentJumps(out.text);
   });
 });
