@@ -3,6 +3,7 @@
  * endpointslicecache does: ports matched by name and protocol, the first address of each endpoint,
  * one endpoint per ip:port across slices (a terminating copy never displaces another one).
  */
+import { Interner, intern } from "./intern.ts";
 import { canonicalIP } from "./ip.ts";
 import type { EndpointSliceObject } from "./objects.ts";
 import { SERVICE_NAME_LABEL } from "./objects.ts";
@@ -17,26 +18,28 @@ export interface SliceInfo {
   readonly serviceName: string;
   /** Undefined for FQDN slices, which a proxy ignores. */
   readonly family: IPFamily | undefined;
-  readonly ports: readonly { readonly name: string; readonly protocol: Protocol; readonly port: number }[];
-  readonly endpoints: readonly SliceEndpoint[];
+  readonly ports: readonly SlicePort[];
   /** endpoints.kubernetes.io/last-change-trigger-time in ms, or undefined. */
   readonly triggerTime: number | undefined;
 }
 
-export interface SliceEndpoint {
-  readonly ip: string;
-  readonly ready: boolean;
-  readonly serving: boolean;
-  readonly terminating: boolean;
-  readonly nodeName: string;
-  readonly zone: string;
-  readonly zoneHints: readonly string[];
-  readonly nodeHints: readonly string[];
+/**
+ * One port of a slice with its endpoints already built, deduplicated and sorted: when a service
+ * has a single slice (the common case) these lists go into the snapshot as they are, so the model
+ * holds each endpoint once.
+ */
+export interface SlicePort {
+  readonly key: string;
+  readonly name: string;
+  readonly protocol: Protocol;
+  readonly port: number;
+  readonly endpoints: readonly Endpoint[];
 }
 
 export const TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time";
 
-const NONE: readonly string[] = Object.freeze([]);
+/** Shared by every endpoint without hints. */
+const NONE: readonly string[] = [];
 
 /** Parses an RFC 3339 timestamp; undefined when absent or malformed. */
 export function parseTriggerTime(value: string | undefined | null): number | undefined {
@@ -46,103 +49,120 @@ export function parseTriggerTime(value: string | undefined | null): number | und
   return Number.isFinite(t) ? t : undefined;
 }
 
-// Hint lists repeat across thousands of endpoints; sharing one frozen array per distinct list keeps
-// memory flat.
-const hintCache = new Map<string, readonly string[]>();
+const hintLists = new Interner<readonly string[]>(10000);
+
 function hintList(hints: readonly { name: string }[] | null | undefined): readonly string[] {
   if (!hints || hints.length === 0) return NONE;
-  const names = hints.map((h) => h.name);
-  const key = names.join("\u0000");
-  let cached = hintCache.get(key);
-  if (!cached) {
-    cached = Object.freeze(names);
-    if (hintCache.size < 10000) hintCache.set(key, cached);
-  }
-  return cached;
-}
-
-export function sliceInfoOf(slice: EndpointSliceObject): SliceInfo {
-  const family = slice.addressType === "FQDN" ? undefined : slice.addressType;
-  const ports: { name: string; protocol: Protocol; port: number }[] = [];
-  for (const p of slice.ports ?? []) {
-    // A port without a number means "all ports" in the API, which no proxy implements.
-    if (p.port == null || p.port === 0) continue;
-    ports.push({ name: p.name ?? "", protocol: p.protocol, port: p.port });
-  }
-  const endpoints: SliceEndpoint[] = [];
-  if (family) {
-    for (const ep of slice.endpoints ?? []) {
-      const c = ep.conditions;
-      const ready = c?.ready ?? true;
-      endpoints.push({
-        ip: family === "IPv6" ? canonicalIP(ep.addresses[0]!) : ep.addresses[0]!,
-        ready,
-        serving: c?.serving ?? true,
-        terminating: c?.terminating ?? false,
-        nodeName: ep.nodeName ?? "",
-        zone: ep.zone ?? "",
-        zoneHints: hintList(ep.hints?.forZones),
-        nodeHints: hintList(ep.hints?.forNodes),
-      });
-    }
-  }
-  return {
-    namespace: slice.metadata.namespace,
-    name: slice.metadata.name,
-    serviceName: slice.metadata.labels?.[SERVICE_NAME_LABEL] ?? "",
-    family,
-    ports,
-    endpoints,
-    triggerTime: parseTriggerTime(slice.metadata.annotations?.[TRIGGER_TIME_ANNOTATION]),
-  };
+  const list = hints.map((h) => intern(h.name));
+  return hintLists.get(list.join("\u0000"), () => list);
 }
 
 export function endpointString(ip: string, port: number): string {
   return ip.includes(":") ? `[${ip}]:${port}` : `${ip}:${port}`;
 }
 
+function byEndpointString(a: Endpoint, b: Endpoint): number {
+  const x = endpointString(a.ip, a.port);
+  const y = endpointString(b.ip, b.port);
+  return x < y ? -1 : x > y ? 1 : 0;
+}
+
 /**
- * Endpoints per service port key for one service's slices. Slices are visited by name so the result
- * does not depend on arrival order; each list is sorted by `ip:port` as upstream sorts them.
+ * Endpoints for one port: one per ip:port, sorted by `ip:port` as upstream sorts them. A terminating
+ * copy never displaces another one: a pod IP can be reused before the old pod is gone, and an
+ * endpoint moving between slices shows up twice for a moment.
  */
-export function mergeSlices(slices: Iterable<SliceInfo>, nodeName: string): Map<string, Endpoint[]> {
-  const ordered = [...slices].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  const byKey = new Map<string, Map<string, Endpoint>>();
-  for (const slice of ordered) {
-    if (!slice.family) continue;
-    for (const port of slice.ports) {
-      const key = servicePortKey(slice.family, slice.namespace, slice.serviceName, port.name, port.protocol);
-      let set = byKey.get(key);
-      if (!set) byKey.set(key, (set = new Map()));
-      for (const ep of slice.endpoints) {
-        const id = endpointString(ep.ip, port.port);
-        // Prefer a running copy over a terminating one: a pod IP can be reused before the old pod
-        // is gone, and an endpoint moving between slices shows up twice for a moment.
-        if (ep.terminating && set.has(id)) continue;
-        set.set(id, {
-          ip: ep.ip,
-          port: port.port,
-          ready: ep.ready,
-          serving: ep.serving,
-          terminating: ep.terminating,
-          isLocal: nodeName !== "" && ep.nodeName === nodeName,
-          nodeName: ep.nodeName,
-          zone: ep.zone,
-          zoneHints: ep.zoneHints,
-          nodeHints: ep.nodeHints,
+function dedupSorted(all: Endpoint[]): Endpoint[] {
+  all.sort(byEndpointString);
+  const out: Endpoint[] = [];
+  for (const ep of all) {
+    const last = out[out.length - 1];
+    if (last && last.ip === ep.ip && last.port === ep.port) {
+      if (!ep.terminating) out[out.length - 1] = ep;
+      continue;
+    }
+    out.push(ep);
+  }
+  return out;
+}
+
+export function sliceInfoOf(slice: EndpointSliceObject, nodeName: string): SliceInfo {
+  const family = slice.addressType === "FQDN" ? undefined : slice.addressType;
+  const namespace = intern(slice.metadata.namespace);
+  const serviceName = slice.metadata.labels?.[SERVICE_NAME_LABEL] ?? "";
+  const ports: SlicePort[] = [];
+  if (family) {
+    const raw = slice.endpoints ?? [];
+    for (const p of slice.ports ?? []) {
+      // A port without a number means "all ports" in the API, which no proxy implements.
+      if (p.port == null || p.port === 0) continue;
+      const port = p.port;
+      const endpoints: Endpoint[] = [];
+      for (const ep of raw) {
+        const c = ep.conditions;
+        const epNode = intern(ep.nodeName);
+        endpoints.push({
+          ip: family === "IPv6" ? canonicalIP(ep.addresses[0]!) : ep.addresses[0]!,
+          port,
+          ready: c?.ready ?? true,
+          // As upstream: serving is read on its own, nil meaning true.
+          serving: c?.serving ?? true,
+          terminating: c?.terminating ?? false,
+          isLocal: nodeName !== "" && epNode === nodeName,
+          nodeName: epNode,
+          zone: intern(ep.zone),
+          zoneHints: hintList(ep.hints?.forZones),
+          nodeHints: hintList(ep.hints?.forNodes),
         });
       }
+      const name = intern(p.name);
+      ports.push({
+        key: servicePortKey(family, namespace, serviceName, name, p.protocol),
+        name,
+        protocol: intern(p.protocol) as Protocol,
+        port,
+        endpoints: dedupSorted(endpoints),
+      });
     }
   }
-  const out = new Map<string, Endpoint[]>();
-  for (const [key, set] of byKey) {
-    if (set.size === 0) continue;
-    const ids = [...set.keys()].sort();
-    out.set(
-      key,
-      ids.map((id) => set.get(id)!),
-    );
+  return {
+    namespace,
+    name: slice.metadata.name,
+    serviceName,
+    family,
+    ports,
+    triggerTime: parseTriggerTime(slice.metadata.annotations?.[TRIGGER_TIME_ANNOTATION]),
+  };
+}
+
+/**
+ * Endpoints per service port key for one service's slices, as upstream's endpointslicecache merges
+ * them: ports matched by name and protocol, one endpoint per ip:port across slices. Slices are
+ * visited by name so the result does not depend on arrival order.
+ */
+export function mergeSlices(slices: readonly SliceInfo[]): Map<string, readonly Endpoint[]> {
+  const out = new Map<string, readonly Endpoint[]>();
+  if (slices.length === 1) {
+    for (const port of slices[0]!.ports) {
+      if (port.endpoints.length === 0) continue;
+      const seen = out.get(port.key);
+      // Two ports of one slice with the same name and protocol: the API forbids it; merge anyway.
+      out.set(port.key, seen ? dedupSorted([...seen, ...port.endpoints]) : port.endpoints);
+    }
+    return out;
   }
+  const ordered = [...slices].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const byKey = new Map<string, Endpoint[]>();
+  for (const slice of ordered) {
+    for (const port of slice.ports) {
+      let list = byKey.get(port.key);
+      if (!list) byKey.set(port.key, (list = []));
+      // Stable sort in dedupSorted keeps slice order among equal ip:port, so "later non-terminating
+      // copy wins" holds as in upstream.
+      for (const ep of port.endpoints) list.push(ep);
+    }
+  }
+  for (const [key, list] of byKey) if (list.length > 0) out.set(key, dedupSorted(list));
   return out;
 }
 

@@ -3,7 +3,7 @@ export { parseService, parseEndpointSlice, parseNode, objectId, LIMITS, SERVICE_
 export type { ParseResult, ServiceObject, EndpointSliceObject, NodeObject } from "./objects.ts";
 export { servicePortsOf, servicePortKey, sameServicePort, DEFAULT_CLIENT_IP_TIMEOUT_SECONDS, SOURCE_RANGES_ANNOTATION } from "./service.ts";
 export { mergeSlices, sliceInfoOf, sameEndpoints, endpointString, parseTriggerTime, TRIGGER_TIME_ANNOTATION } from "./endpoints.ts";
-export type { SliceInfo, SliceEndpoint } from "./endpoints.ts";
+export type { SliceInfo, SlicePort } from "./endpoints.ts";
 export {
   categorizeEndpoints,
   topologyModeFromHints,

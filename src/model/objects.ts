@@ -1,8 +1,9 @@
 /**
  * The parts of v1 Service, discovery.k8s.io/v1 EndpointSlice and v1 Node that kproxy reads, as zod
- * schemas. Unknown fields pass through untouched (the API grows); the fields we use are checked
- * strictly, because a bad IP or port here would become a bad rule in the kernel. Sizes are capped so
- * a hostile or broken object cannot make one sync enormous.
+ * schemas. Unknown fields are accepted and dropped (the API grows, and copying fields nobody reads
+ * costs time and memory on a large initial list); the fields we use are checked strictly, because a
+ * bad IP or port here would become a bad rule in the kernel. Sizes are capped so a hostile or broken
+ * object cannot make one sync enormous.
  */
 import { z } from "zod";
 import { cidrFamilyOf, ipFamilyOf } from "./ip.ts";
@@ -27,12 +28,22 @@ const cidr = z.string().refine((s) => cidrFamilyOf(s.trim()) !== undefined, "not
 const portNumber = z.int().min(1).max(65535);
 const protocol = z.enum(["TCP", "UDP", "SCTP"]).default("TCP");
 
-/** Labels and annotations: only string values; giant maps rejected. */
-const stringMap = z
-  .record(z.string().max(LIMITS.stringLength), z.string().max(LIMITS.annotationLength))
-  .refine((m) => Object.keys(m).length <= 1000, "too many entries");
+/**
+ * Labels and annotations: only string values; giant maps rejected. Checked by hand because a
+ * per-entry schema is the single most expensive part of parsing a large initial list.
+ */
+const stringMap = z.custom<Record<string, string>>((v) => {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) return false;
+  let n = 0;
+  for (const k in v) {
+    const value = (v as Record<string, unknown>)[k];
+    if (++n > 1000 || k.length > LIMITS.stringLength) return false;
+    if (typeof value !== "string" || value.length > LIMITS.annotationLength) return false;
+  }
+  return true;
+}, "must be a map of at most 1000 strings");
 
-const metadata = z.looseObject({
+const metadata = z.object({
   name,
   namespace: name.default("default"),
   labels: stringMap.nullish(),
@@ -40,7 +51,7 @@ const metadata = z.looseObject({
   deletionTimestamp: shortString.nullish(),
 });
 
-const servicePortSchema = z.looseObject({
+const servicePortSchema = z.object({
   name: shortString.nullish(),
   protocol,
   port: portNumber,
@@ -48,9 +59,9 @@ const servicePortSchema = z.looseObject({
   targetPort: z.union([z.int().min(0).max(65535), z.string().max(63)]).nullish(),
 });
 
-export const serviceSchema = z.looseObject({
+export const serviceSchema = z.object({
   metadata,
-  spec: z.looseObject({
+  spec: z.object({
     type: z.enum(["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"]).default("ClusterIP"),
     clusterIP: z.union([z.literal(""), z.literal("None"), ip]).nullish(),
     clusterIPs: z.array(z.union([z.literal("None"), ip])).max(2).nullish(),
@@ -62,18 +73,18 @@ export const serviceSchema = z.looseObject({
     healthCheckNodePort: z.int().min(0).max(65535).nullish(),
     sessionAffinity: z.enum(["None", "ClientIP"]).default("None"),
     sessionAffinityConfig: z
-      .looseObject({
-        clientIP: z.looseObject({ timeoutSeconds: z.int().min(1).max(86400).nullish() }).nullish(),
+      .object({
+        clientIP: z.object({ timeoutSeconds: z.int().min(1).max(86400).nullish() }).nullish(),
       })
       .nullish(),
   }),
   status: z
-    .looseObject({
+    .object({
       loadBalancer: z
-        .looseObject({
+        .object({
           ingress: z
             .array(
-              z.looseObject({
+              z.object({
                 ip: z.union([z.literal(""), ip]).nullish(),
                 hostname: shortString.nullish(),
                 ipMode: z.enum(["VIP", "Proxy"]).nullish(),
@@ -104,10 +115,10 @@ export const serviceSchema = z.looseObject({
   }
 });
 
-const endpointSchema = z.looseObject({
+const endpointSchema = z.object({
   addresses: z.array(shortString).min(1).max(LIMITS.addressesPerEndpoint),
   conditions: z
-    .looseObject({
+    .object({
       ready: z.boolean().nullish(),
       serving: z.boolean().nullish(),
       terminating: z.boolean().nullish(),
@@ -116,21 +127,21 @@ const endpointSchema = z.looseObject({
   nodeName: shortString.nullish(),
   zone: shortString.nullish(),
   hints: z
-    .looseObject({
-      forZones: z.array(z.looseObject({ name: shortString })).max(LIMITS.hintsPerEndpoint).nullish(),
-      forNodes: z.array(z.looseObject({ name: shortString })).max(LIMITS.hintsPerEndpoint).nullish(),
+    .object({
+      forZones: z.array(z.object({ name: shortString })).max(LIMITS.hintsPerEndpoint).nullish(),
+      forNodes: z.array(z.object({ name: shortString })).max(LIMITS.hintsPerEndpoint).nullish(),
     })
     .nullish(),
 });
 
 export const endpointSliceSchema = z
-  .looseObject({
+  .object({
     metadata,
     addressType: z.enum(["IPv4", "IPv6", "FQDN"]),
     endpoints: z.array(endpointSchema).max(LIMITS.endpointsPerSlice).nullish(),
     ports: z
       .array(
-        z.looseObject({
+        z.object({
           name: shortString.nullish(),
           protocol,
           // A missing or zero port is tolerated and ignored, as upstream does.
@@ -161,18 +172,18 @@ export const endpointSliceSchema = z
     }
   });
 
-export const nodeSchema = z.looseObject({
+export const nodeSchema = z.object({
   metadata,
   spec: z
-    .looseObject({
+    .object({
       podCIDR: z.union([z.literal(""), cidr]).nullish(),
       podCIDRs: z.array(cidr).max(2).nullish(),
     })
     .nullish(),
   status: z
-    .looseObject({
+    .object({
       addresses: z
-        .array(z.looseObject({ type: shortString, address: shortString }))
+        .array(z.object({ type: shortString, address: shortString }))
         .max(LIMITS.ipsPerList)
         .nullish(),
     })

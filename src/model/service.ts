@@ -2,6 +2,7 @@
  * A validated Service becomes one ServicePort per port per IP family that has a ClusterIP, with the
  * family's external IPs, load-balancer IPs and source ranges, following upstream's newBaseServiceInfo.
  */
+import { intern } from "./intern.ts";
 import { canonicalCIDR, canonicalIP, cidrFamilyOf, ipFamilyOf } from "./ip.ts";
 import type { ServiceObject } from "./objects.ts";
 import type { IPFamily, Protocol, ServicePort, SessionAffinity } from "./types.ts";
@@ -14,13 +15,18 @@ export function servicePortKey(family: IPFamily, namespace: string, name: string
   return `${family}/${namespace}/${name}:${portName}/${protocol}`;
 }
 
-function ipsOfFamily(values: readonly string[], family: IPFamily): string[] {
+/** Shared by every service port without such addresses: most have none, and there are many ports. */
+const NO_ADDRESSES: readonly string[] = [];
+
+function ipsOfFamily(values: readonly string[], family: IPFamily): readonly string[] {
+  if (values.length === 0) return NO_ADDRESSES;
   const out: string[] = [];
   for (const v of values) if (ipFamilyOf(v) === family) out.push(family === "IPv6" ? canonicalIP(v) : v);
   return out;
 }
 
-function cidrsOfFamily(values: readonly string[], family: IPFamily): string[] {
+function cidrsOfFamily(values: readonly string[], family: IPFamily): readonly string[] {
+  if (values.length === 0) return NO_ADDRESSES;
   const out: string[] = [];
   for (const v of values) if (cidrFamilyOf(v) === family) out.push(family === "IPv6" ? canonicalCIDR(v) : v);
   return out;
@@ -68,8 +74,9 @@ export function servicePortsOf(svc: ServiceObject): ServicePort[] {
   const clusterIPs = clusterIPsByFamily(svc);
   if (clusterIPs.size === 0) return [];
 
-  const { namespace, name } = svc.metadata;
-  const type = spec.type;
+  const namespace = intern(svc.metadata.namespace);
+  const name = svc.metadata.name;
+  const type = intern(spec.type) as ServicePort["type"];
   const externalPolicyLocal = externallyAccessible(svc) && spec.externalTrafficPolicy === "Local";
   const internalPolicyLocal = spec.internalTrafficPolicy === "Local";
   const healthCheckNodePort = type === "LoadBalancer" && externalPolicyLocal ? (spec.healthCheckNodePort ?? 0) : 0;
@@ -97,15 +104,16 @@ export function servicePortsOf(svc: ServiceObject): ServicePort[] {
     const familyLBIPs = ipsOfFamily(ingressIPs, family);
     const familyRanges = cidrsOfFamily(ranges, family);
     for (const p of spec.ports ?? []) {
-      const portName = p.name ?? "";
+      const portName = intern(p.name);
+      const protocol = intern(p.protocol) as Protocol;
       const servicePortName = portName ? `${namespace}/${name}:${portName}` : `${namespace}/${name}`;
       out.push({
-        key: servicePortKey(family, namespace, name, portName, p.protocol),
+        key: servicePortKey(family, namespace, name, portName, protocol),
         namespace,
         name,
         portName,
         servicePortName,
-        protocol: p.protocol,
+        protocol,
         family,
         type,
         clusterIP,

@@ -43,8 +43,8 @@ export class ProxyModel {
   private readonly portsByService = new Map<string, readonly ServicePort[]>();
   private readonly servicePorts = new CowMap<ServicePort>();
   private readonly endpoints = new CowMap<readonly Endpoint[]>();
-  /** Slices per service (`ns/service`), by slice name. */
-  private readonly slicesByService = new Map<string, Map<string, SliceInfo>>();
+  /** Slices per service (`ns/service`); usually one or two, so a list beats a Map here. */
+  private readonly slicesByService = new Map<string, SliceInfo[]>();
   /** The service (`ns/service`) each slice (`ns/slice`) belongs to. */
   private readonly sliceOwner = new Map<string, string>();
   /** Endpoint keys currently present per service (`ns/service`). */
@@ -200,7 +200,7 @@ export class ProxyModel {
       this.warnInvalid("EndpointSlice", parsed.id, parsed.reason, this.sliceOwner.has(parsed.id));
       return false;
     }
-    const info = sliceInfoOf(parsed.value);
+    const info = sliceInfoOf(parsed.value, this.nodeName);
     const sliceId = `${info.namespace}/${info.name}`;
     this.warned.delete(`EndpointSlice/${sliceId}`);
     const owner = `${info.namespace}/${info.serviceName}`;
@@ -209,13 +209,17 @@ export class ProxyModel {
     const previousOwner = this.sliceOwner.get(sliceId);
     if (previousOwner !== undefined && previousOwner !== owner) {
       // The service-name label moved the slice to another service.
-      this.slicesByService.get(previousOwner)?.delete(info.name);
+      this.removeSlice(previousOwner, info.name);
       changed = this.recomputeEndpoints(previousOwner, undefined) || changed;
     }
     this.sliceOwner.set(sliceId, owner);
-    let slices = this.slicesByService.get(owner);
-    if (!slices) this.slicesByService.set(owner, (slices = new Map()));
-    slices.set(info.name, info);
+    const slices = this.slicesByService.get(owner);
+    if (!slices) this.slicesByService.set(owner, [info]);
+    else {
+      const i = slices.findIndex((s) => s.name === info.name);
+      if (i >= 0) slices[i] = info;
+      else slices.push(info);
+    }
     return this.recomputeEndpoints(owner, info.triggerTime) || changed;
   }
 
@@ -227,23 +231,30 @@ export class ProxyModel {
     if (owner === undefined) return false;
     this.endpointChangesTotal++;
     this.sliceOwner.delete(sliceId);
-    this.slicesByService.get(owner)?.delete(sliceId.slice(sliceId.indexOf("/") + 1));
+    this.removeSlice(owner, sliceId.slice(sliceId.indexOf("/") + 1));
     // A deleted slice's trigger time dates from its last update, not from this change.
     this.triggerTimes.delete(owner);
     return this.recomputeEndpoints(owner, undefined);
   }
 
+  private removeSlice(owner: string, sliceName: string): void {
+    const slices = this.slicesByService.get(owner);
+    if (!slices) return;
+    const rest = slices.filter((s) => s.name !== sliceName);
+    if (rest.length > 0) this.slicesByService.set(owner, rest);
+    else this.slicesByService.delete(owner);
+  }
+
   /** Re-merges one service's slices and records the endpoint keys whose lists changed. */
   private recomputeEndpoints(owner: string, triggerTime: number | undefined): boolean {
     const slices = this.slicesByService.get(owner);
-    const merged = slices && slices.size > 0 ? mergeSlices(slices.values(), this.nodeName) : new Map<string, Endpoint[]>();
-    if (slices && slices.size === 0) this.slicesByService.delete(owner);
+    const merged = slices ? mergeSlices(slices) : new Map<string, readonly Endpoint[]>();
     let changed = false;
     for (const [key, list] of merged) {
       const current = this.endpoints.get(key);
       if (sameEndpoints(current, list)) continue;
       if (!this.endpointBase.has(key)) this.endpointBase.set(key, current);
-      this.endpoints.set(key, Object.freeze(list));
+      this.endpoints.set(key, list);
       changed = true;
     }
     for (const key of this.endpointKeysByService.get(owner) ?? []) {
