@@ -61,27 +61,25 @@ export function endpointString(ip: string, port: number): string {
   return ip.includes(":") ? `[${ip}]:${port}` : `${ip}:${port}`;
 }
 
-function byEndpointString(a: Endpoint, b: Endpoint): number {
-  const x = endpointString(a.ip, a.port);
-  const y = endpointString(b.ip, b.port);
-  return x < y ? -1 : x > y ? 1 : 0;
-}
-
 /**
- * Endpoints for one port: one per ip:port, sorted by `ip:port` as upstream sorts them. A terminating
- * copy never displaces another one: a pod IP can be reused before the old pod is gone, and an
- * endpoint moving between slices shows up twice for a moment.
+ * Endpoints for one port: one per ip:port, sorted by `ip:port` text as upstream sorts them (so
+ * `10.0.0.10:80` comes before `10.0.0.1:80`). A terminating copy never displaces another one: a pod
+ * IP can be reused before the old pod is gone, and an endpoint moving between slices shows up twice
+ * for a moment. The sort keys are built once per endpoint, not once per comparison.
  */
-function dedupSorted(all: Endpoint[]): Endpoint[] {
-  all.sort(byEndpointString);
+function dedupSorted(all: readonly Endpoint[]): Endpoint[] {
+  const keyed = all.map((ep, i) => ({ id: endpointString(ep.ip, ep.port), i, ep }));
+  // Ties keep arrival order (slice order), which the "later running copy wins" rule relies on.
+  keyed.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : a.i - b.i));
   const out: Endpoint[] = [];
-  for (const ep of all) {
-    const last = out[out.length - 1];
-    if (last && last.ip === ep.ip && last.port === ep.port) {
+  let lastId = "";
+  for (const { id, ep } of keyed) {
+    if (out.length > 0 && id === lastId) {
       if (!ep.terminating) out[out.length - 1] = ep;
       continue;
     }
     out.push(ep);
+    lastId = id;
   }
   return out;
 }
@@ -157,8 +155,6 @@ export function mergeSlices(slices: readonly SliceInfo[]): Map<string, readonly 
     for (const port of slice.ports) {
       let list = byKey.get(port.key);
       if (!list) byKey.set(port.key, (list = []));
-      // Stable sort in dedupSorted keeps slice order among equal ip:port, so "later non-terminating
-      // copy wins" holds as in upstream.
       for (const ep of port.endpoints) list.push(ep);
     }
   }
