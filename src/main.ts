@@ -5,6 +5,8 @@
 import { writeFile } from "node:fs/promises";
 import type { Backend } from "./backends/backend.ts";
 import { DryRunBackend } from "./backends/dry-run.ts";
+import { iptablesBackendFromConfig } from "./backends/iptables/backend.ts";
+import { cleanupIptables } from "./backends/iptables/cleanup.ts";
 import { hostAddresses } from "./backends/iptables-options.ts";
 import { plannerFor } from "./backends/planners.ts";
 import { CliError, helpText, parseArgs, resolveConfig } from "./cli.ts";
@@ -12,7 +14,7 @@ import { type Config, ConfigError, configzObject, effectiveProxyMode, nodeName, 
 import { DEMO_MANIFEST, DEMO_NODE_NAME } from "./demo.ts";
 import { connect } from "./kube/connect.ts";
 import { createLogger, type Logger } from "./log.ts";
-import { createMetrics } from "./metrics.ts";
+import { createMetrics, type KproxyMetrics } from "./metrics.ts";
 import { ProxyModel } from "./model/tracker.ts";
 import { ProxierHealth } from "./server/health.ts";
 import { BindError } from "./server/serve.ts";
@@ -22,6 +24,7 @@ import { ManifestSource, type ManifestFiles } from "./source/manifest.ts";
 import type { Source } from "./source/types.ts";
 import { SyncLoop } from "./sync/loop.ts";
 import { realClock } from "./system/clock.ts";
+import { bunExec } from "./system/exec.ts";
 import { buildTarget, version } from "./version.ts";
 
 /** Exit codes: 0 ok, 1 bad configuration or fatal runtime error, 2 bad command line. */
@@ -68,14 +71,14 @@ function sourceFor(config: Config, cli: ReturnType<typeof parseArgs>, node: stri
   }).then((client) => new ApiSource({ client, nodeName: node, logger }));
 }
 
-function backendFor(config: Config, dryRun: boolean, io: MainIO, logger: Logger): Backend {
+function backendFor(config: Config, dryRun: boolean, io: MainIO, logger: Logger, deps: { metrics: KproxyMetrics; health: ProxierHealth }): Backend {
   const mode = effectiveProxyMode(config);
   const planner = plannerFor(config, hostAddresses);
   if (!planner) throw new ConfigError("mode", [{ path: "mode", value: mode, message: "is not implemented by this kproxy build yet" }]);
   if (dryRun) {
     return new DryRunBackend(mode, planner, (plan) => io.stdout(plan));
   }
-  // Applying rules to the kernel arrives with each mode's backend; until then the demo plans only.
+  if (mode === "iptables") return iptablesBackendFromConfig(config, { metrics: deps.metrics, health: deps.health, logger });
   return new DryRunBackend(mode, planner, (plan, changes) => {
     logger.info("Planned proxy rules (not applied)", { lines: plan.split("\n").length, full: changes.full, changed: changes.changed.size });
   });
@@ -136,8 +139,14 @@ export async function main(argv: readonly string[], io: MainIO): Promise<number>
     return EXIT_OK;
   }
   if (cli.cleanup) {
-    logger.info("Cleanup: nothing to remove; no mode of this build writes kernel state yet");
-    return EXIT_OK;
+    try {
+      const removed = await cleanupIptables({ exec: bunExec, logger });
+      logger.info("Cleanup done", { chainsRemoved: removed });
+      return EXIT_OK;
+    } catch (err) {
+      logger.error("Cleanup failed", { err });
+      return EXIT_CONFIG;
+    }
   }
 
   const mode = effectiveProxyMode(config);
@@ -157,7 +166,7 @@ export async function main(argv: readonly string[], io: MainIO): Promise<number>
 
   let backend: Backend;
   try {
-    backend = backendFor(config, cli.dryRun, io, logger);
+    backend = backendFor(config, cli.dryRun, io, logger, { metrics, health });
   } catch (err) {
     if (err instanceof ConfigError) {
       io.stderr(`kproxy: ${err.message}\n`);

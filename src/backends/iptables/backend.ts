@@ -1,0 +1,417 @@
+/**
+ * The iptables mode, applied: generated rules go into the kernel with `iptables-restore --noflush`,
+ * per IP family (iptables for IPv4, ip6tables for IPv6, same code), in the node's flavour.
+ *
+ * A full sync rewrites every kproxy chain and deletes per-service chains no longer wanted; a partial
+ * sync rewrites only the changed service ports' chains plus the top-level ones. A sync is full when
+ * the loop asks for it, after any failure, and when a canary chain is gone (someone flushed the
+ * tables, taking the jump rules with them). The jump rules from built-in chains are ensured with
+ * `-C`/`-I` on every full sync, so restarts never duplicate them and a flush is repaired.
+ *
+ * A failed restore changes nothing (iptables-restore commits a table atomically): the error is
+ * counted and thrown, the loop retries with a full sync, and the previous rules keep working.
+ */
+import { availableParallelism } from "node:os";
+import type { Config } from "../../config/index.ts";
+import type { Logger } from "../../log.ts";
+import type { KproxyMetrics } from "../../metrics.ts";
+import { cidrFamilyOf, ipFamilyOf } from "../../model/ip.ts";
+import { categorizeEndpoints } from "../../model/topology.ts";
+import type { ChangeSet, Endpoint, IPFamily, ServicePort, Snapshot } from "../../model/types.ts";
+import { Conntrack } from "../../system/conntrack.ts";
+import { bunExec, type Exec } from "../../system/exec.ts";
+import { detectIptablesFlavour, Iptables, type IptablesFlavour } from "../../system/iptables.ts";
+import type { Backend, SyncResult } from "../backend.ts";
+import { hostAddresses, type LocalAddresses, ruleOptionsForNode, ruleOptionsFromConfig } from "../iptables-options.ts";
+import { type ProxierHealthCheck, ServiceHealthServer } from "../../server/service-health.ts";
+import { procSysctl, type Sysctl } from "../../system/sysctl.ts";
+import { familiesIn } from "../planners.ts";
+import { CANARY_TABLES, JUMP_RULES, KUBE_PROXY_CANARY, KUBELET_JUMP_RULES } from "./chains.ts";
+import { DEFAULT_PIECE_LINES, splitRestoreInput } from "./chunks.ts";
+import { clearStaleConntrack, staleConntrackOps } from "./conntrack-cleanup.ts";
+import { isLoopback } from "./ip.ts";
+import type { RuleOptions } from "./options.ts";
+import { applySysctls } from "./sysctls.ts";
+import { type CategorizeEndpoints, type GenerateContext, generateRules } from "./rules.ts";
+
+/** The part of ServiceHealthServer the backend drives (health check node ports). */
+export interface ServiceHealthPorts {
+  syncServices(desired: ReadonlyMap<string, number>): Promise<void>;
+  syncEndpoints(localEndpoints: ReadonlyMap<string, number>): void;
+  close(): Promise<void>;
+}
+
+export interface IptablesBackendOptions {
+  readonly exec: Exec;
+  /** `auto` detects the node's flavour before the first sync. */
+  readonly flavour: IptablesFlavour | "auto";
+  /** Rule options from the configuration; node facts are added per sync. */
+  readonly ruleOptions: RuleOptions;
+  /** config.nodePortAddresses (CIDRs or "primary"). */
+  readonly nodePortAddresses: readonly string[];
+  readonly localAddresses: LocalAddresses;
+  readonly metrics: KproxyMetrics;
+  readonly logger: Logger;
+  /** Deletes stale UDP/SCTP flows after syncs; `conntrack` through `exec` when omitted. */
+  readonly conntrack?: Conntrack;
+  readonly serviceHealth?: ServiceHealthPorts;
+  readonly categorize?: CategorizeEndpoints;
+  /** Runs once before the first sync (kernel settings); its failures are the callee's to log. */
+  readonly prepare?: () => Promise<void>;
+  /**
+   * nft flavour only: full restores longer than this many nat lines go in pieces of about this
+   * size (see chunks.ts); 0 restores in one piece always.
+   */
+  readonly pieceLines?: number;
+}
+
+interface FamilyState {
+  readonly family: IPFamily;
+  readonly iptables: Iptables;
+  /** Canaries and jumps are in place and the last restore succeeded. */
+  ready: boolean;
+  /** Per-service nat chains in the kernel as of the last successful restore; unknown after a failure. */
+  natChains: ReadonlySet<string> | undefined;
+}
+
+/** Why a service port cannot be written safely, or undefined when it can. */
+export function servicePortProblem(sp: ServicePort): string | undefined {
+  // Comments quote the name; a quote, space or newline in it would break the restore input.
+  if (!/^[A-Za-z0-9][A-Za-z0-9._\-/:]{0,200}$/.test(sp.servicePortName)) return `unusable name ${JSON.stringify(sp.servicePortName)}`;
+  const ipOk = (ip: string) => ipFamilyOf(ip) === sp.family;
+  if (sp.clusterIP !== "" && sp.clusterIP !== "None" && !ipOk(sp.clusterIP)) return `bad clusterIP ${sp.clusterIP}`;
+  for (const ip of [...sp.externalIPs, ...sp.loadBalancerIPs]) if (!ipOk(ip)) return `bad IP ${ip}`;
+  for (const cidr of sp.loadBalancerSourceRanges) {
+    if (cidrFamilyOf(cidr.trim()) !== sp.family) return `bad source range ${cidr}`;
+  }
+  const port = (n: number, min: number) => Number.isInteger(n) && n >= min && n <= 65535;
+  if (!port(sp.port, 1)) return `bad port ${sp.port}`;
+  if (!port(sp.nodePort, 0)) return `bad nodePort ${sp.nodePort}`;
+  if (!port(sp.healthCheckNodePort, 0)) return `bad healthCheckNodePort ${sp.healthCheckNodePort}`;
+  if (sp.sessionAffinity.type === "ClientIP") {
+    const t = sp.sessionAffinity.timeoutSeconds;
+    if (!(Number.isInteger(t) && t >= 1 && t <= 86400)) return `bad session affinity timeout ${t}`;
+  }
+  return undefined;
+}
+
+function endpointUsable(ep: Endpoint, family: IPFamily): boolean {
+  return ipFamilyOf(ep.ip) === family && Number.isInteger(ep.port) && ep.port >= 1 && ep.port <= 65535;
+}
+
+/**
+ * The snapshot without what would make iptables-restore reject the whole input: service ports with
+ * malformed fields are left out (one warning each), malformed endpoints are dropped. The model
+ * validates objects already; this guard keeps one bad object from taking every service down if
+ * something slips through. Results are memoized per object, so a sync of an unchanged model costs
+ * map lookups only.
+ */
+export class SnapshotGuard {
+  private readonly problems = new WeakMap<ServicePort, string | null>();
+  private readonly cleanEndpoints = new WeakMap<readonly Endpoint[], readonly Endpoint[]>();
+
+  constructor(private readonly logger: Logger) {}
+
+  apply(snapshot: Snapshot): Snapshot {
+    let services: Map<string, ServicePort> | undefined;
+    let endpoints: Map<string, readonly Endpoint[]> | undefined;
+    for (const [key, sp] of snapshot.services) {
+      let problem = this.problems.get(sp);
+      if (problem === undefined) {
+        problem = servicePortProblem(sp) ?? null;
+        this.problems.set(sp, problem);
+        if (problem !== null) {
+          this.logger.warn("Skipping a service port that cannot be written as iptables rules", {
+            servicePort: sp.servicePortName,
+            protocol: sp.protocol,
+            family: sp.family,
+            problem,
+          });
+        }
+      }
+      if (problem !== null) {
+        services ??= new Map(snapshot.services);
+        services.delete(key);
+        continue;
+      }
+      const list = snapshot.endpoints.get(key);
+      if (!list) continue;
+      let clean = this.cleanEndpoints.get(list);
+      if (clean === undefined) {
+        clean = list.every((ep) => endpointUsable(ep, sp.family)) ? list : list.filter((ep) => endpointUsable(ep, sp.family));
+        this.cleanEndpoints.set(list, clean);
+        if (clean !== list) {
+          this.logger.warn("Skipping malformed endpoints", {
+            servicePort: sp.servicePortName,
+            endpoints: list.filter((ep) => !endpointUsable(ep, sp.family)).map((ep) => `${ep.ip}:${ep.port}`),
+          });
+        }
+      }
+      if (clean !== list) {
+        endpoints ??= new Map(snapshot.endpoints);
+        endpoints.set(key, clean);
+      }
+    }
+    if (!services && !endpoints) return snapshot;
+    return { services: services ?? snapshot.services, endpoints: endpoints ?? snapshot.endpoints, node: snapshot.node };
+  }
+}
+
+/** Health check node ports ("ns/name" → port) and each such service's local ready endpoint count. */
+export function healthCheckState(
+  snapshot: Snapshot,
+  categorize: CategorizeEndpoints,
+): { ports: Map<string, number>; localEndpoints: Map<string, number> } {
+  const ports = new Map<string, number>();
+  const localIPs = new Map<string, Set<string>>();
+  for (const sp of snapshot.services.values()) {
+    if (sp.healthCheckNodePort === 0) continue;
+    const nsName = `${sp.namespace}/${sp.name}`;
+    ports.set(nsName, sp.healthCheckNodePort);
+    const set = localIPs.get(nsName) ?? new Set<string>();
+    localIPs.set(nsName, set);
+    const { localEndpoints } = categorize(sp, snapshot.endpoints.get(sp.key) ?? [], snapshot.node);
+    for (const ep of localEndpoints) if (ep.ready) set.add(ep.ip);
+  }
+  const localEndpoints = new Map<string, number>();
+  for (const [nsName, set] of localIPs) localEndpoints.set(nsName, set.size);
+  return { ports, localEndpoints };
+}
+
+export class IptablesBackend implements Backend {
+  readonly mode = "iptables" as const;
+  private readonly categorize: CategorizeEndpoints;
+  private readonly conntrack: Conntrack;
+  private readonly guard: SnapshotGuard;
+  private readonly nodePortConfig: { nodePortAddresses: string[] };
+  private readonly states = new Map<IPFamily, FamilyState>();
+  private flavour: IptablesFlavour | undefined;
+  private prepared = false;
+  /** What the kernel has, as of the last successful sync (for conntrack cleanup). */
+  private applied: Snapshot | undefined;
+
+  constructor(private readonly options: IptablesBackendOptions) {
+    this.categorize = options.categorize ?? categorizeEndpoints;
+    this.conntrack = options.conntrack ?? new Conntrack(options.exec);
+    this.guard = new SnapshotGuard(options.logger);
+    this.nodePortConfig = { nodePortAddresses: [...options.nodePortAddresses] };
+    if (options.flavour !== "auto") this.flavour = options.flavour;
+  }
+
+  /** The flavour in use; undefined before the first sync when it is detected. */
+  get iptablesFlavour(): IptablesFlavour | undefined {
+    return this.flavour;
+  }
+
+  private async start(): Promise<IptablesFlavour> {
+    if (!this.prepared) {
+      this.prepared = true;
+      await this.options.prepare?.();
+    }
+    if (this.flavour === undefined) {
+      this.flavour = await detectIptablesFlavour(this.options.exec);
+      this.options.logger.info("Using the node's iptables flavour", { flavour: this.flavour });
+    }
+    return this.flavour;
+  }
+
+  private stateOf(family: IPFamily, flavour: IptablesFlavour): FamilyState {
+    let state = this.states.get(family);
+    if (!state) {
+      state = { family, iptables: new Iptables(this.options.exec, family, flavour), ready: false, natChains: undefined };
+      this.states.set(family, state);
+    }
+    return state;
+  }
+
+  async sync(input: Snapshot, changes: ChangeSet): Promise<SyncResult> {
+    const flavour = await this.start();
+    const snapshot = this.guard.apply(input);
+    const options = ruleOptionsForNode(
+      this.options.ruleOptions,
+      this.nodePortConfig,
+      snapshot.node,
+      this.options.localAddresses,
+    );
+    // A family once synced keeps being synced, so its chains go away with its last service.
+    const families = new Set<IPFamily>([...familiesIn(snapshot), ...this.states.keys()]);
+    let filter = 0;
+    let nat = 0;
+    let partial = true;
+    const errors: string[] = [];
+    for (const family of families) {
+      try {
+        const result = await this.syncFamily(this.stateOf(family, flavour), snapshot, changes, options);
+        filter += result.filter;
+        nat += result.nat;
+        partial &&= result.partial;
+      } catch (err) {
+        errors.push(`${family}: ${err instanceof Error ? err.message : String(err)}`);
+      }
+    }
+    if (errors.length > 0) throw new Error(`iptables sync failed (${errors.join("; ")})`);
+
+    const ops = staleConntrackOps(this.applied, snapshot, {
+      categorize: this.categorize,
+      ...(partial && this.applied ? { keys: changes.changed } : {}),
+    });
+    this.applied = snapshot;
+    if (ops.length > 0) await clearStaleConntrack(this.conntrack, ops, this.options.logger);
+
+    const health = this.options.serviceHealth;
+    if (health) {
+      const { ports, localEndpoints } = healthCheckState(snapshot, this.categorize);
+      await health.syncServices(ports);
+      health.syncEndpoints(localEndpoints);
+    }
+
+    let endpoints = 0;
+    for (const list of snapshot.endpoints.values()) endpoints += list.length;
+    return { servicePorts: snapshot.services.size, endpoints, rules: { filter, nat }, partial };
+  }
+
+  private async canaryPresent(state: FamilyState): Promise<boolean> {
+    const present = await Promise.all(CANARY_TABLES.map((table) => state.iptables.chainExists(table, KUBE_PROXY_CANARY)));
+    return present.every(Boolean);
+  }
+
+  /** Canary chains, the chains the jumps lead to, and the jumps; each step a no-op when already there. */
+  private async ensureBase(state: FamilyState, options: RuleOptions): Promise<void> {
+    const ipt = state.iptables;
+    for (const table of CANARY_TABLES) await ipt.ensureChain(table, KUBE_PROXY_CANARY);
+    const jumps = [...JUMP_RULES];
+    // kproxy fills kubelet's KUBE-FIREWALL when localhost NodePorts are on; the chain must be reached.
+    if (state.family === "IPv4" && options.localhostNodePorts && localhostReachable(options)) jumps.push(...KUBELET_JUMP_RULES);
+    const targets = new Set<string>();
+    for (const jump of jumps) {
+      const id = `${jump.table}/${jump.target}`;
+      if (targets.has(id)) continue;
+      targets.add(id);
+      await ipt.ensureChain(jump.table, jump.target);
+    }
+    for (const jump of jumps) await ipt.ensureRule({ table: jump.table, chain: jump.chain, args: jump.args });
+  }
+
+  private async syncFamily(
+    state: FamilyState,
+    snapshot: Snapshot,
+    changes: ChangeSet,
+    options: RuleOptions,
+  ): Promise<{ filter: number; nat: number; partial: boolean }> {
+    const { logger, metrics } = this.options;
+    if (state.ready && !changes.full && !(await this.canaryPresent(state))) {
+      logger.warn("kproxy's canary chain is gone (the tables were flushed); rewriting every rule", { family: state.family });
+      state.ready = false;
+      state.natChains = undefined;
+    }
+    const partial = !changes.full && state.ready && state.natChains !== undefined;
+    if (!partial) await this.ensureBase(state, options);
+    const existing = state.natChains ?? (await state.iptables.chains("nat"));
+
+    const context: GenerateContext = partial
+      ? { categorize: this.categorize, changed: changes.changed, existingChains: existing }
+      : { categorize: this.categorize, existingChains: existing };
+    const generated = generateRules(snapshot, state.family, options, context);
+
+    const pieceLines = this.options.pieceLines ?? DEFAULT_PIECE_LINES;
+    const pieces =
+      !partial && state.iptables.flavour === "nft" && pieceLines > 0
+        ? splitRestoreInput(generated.text, pieceLines)
+        : [generated.text];
+    try {
+      for (const piece of pieces) await state.iptables.restore(piece);
+    } catch (err) {
+      metrics.iptablesRestoreFailuresTotal.inc();
+      if (partial) metrics.iptablesPartialRestoreFailuresTotal.inc();
+      state.ready = false;
+      state.natChains = undefined;
+      throw err;
+    }
+    state.ready = true;
+    state.natChains = generated.activeNatChains;
+    if (!partial) {
+      metrics.noLocalEndpointsTotal.set({ traffic_policy: "internal" }, generated.counts.noLocalEndpointsInternal);
+      metrics.noLocalEndpointsTotal.set({ traffic_policy: "external" }, generated.counts.noLocalEndpointsExternal);
+    }
+    logger.debug(3, "Restored iptables rules", {
+      family: state.family,
+      partial,
+      pieces: pieces.length,
+      natRules: generated.counts.natRules,
+      deletedChains: generated.counts.deletedChains,
+    });
+    return {
+      filter: generated.counts.filterRules,
+      nat: partial ? generated.counts.natRules : generated.counts.natRulesTotal,
+      partial,
+    };
+  }
+
+  plan(snapshot: Snapshot): string {
+    const options = ruleOptionsForNode(
+      this.options.ruleOptions,
+      this.nodePortConfig,
+      snapshot.node,
+      this.options.localAddresses,
+    );
+    return familiesIn(snapshot)
+      .map((family) => generateRules(snapshot, family, options, { categorize: this.categorize }).text)
+      .join("");
+  }
+
+  async cleanup(): Promise<void> {
+    const { cleanupIptables } = await import("./cleanup.ts");
+    await cleanupIptables({ exec: this.options.exec, logger: this.options.logger });
+  }
+
+  async close(): Promise<void> {
+    await this.options.serviceHealth?.close();
+  }
+}
+
+/** Whether NodePorts answer on 127.0.0.1 at all (nodePortAddresses "all" or including a loopback IP). */
+function localhostReachable(options: RuleOptions): boolean {
+  return options.nodePortAddresses === "all" || options.nodePortAddresses.some((ip) => isLoopback(ip));
+}
+
+export interface IptablesBackendDeps {
+  readonly metrics: KproxyMetrics;
+  readonly logger: Logger;
+  /** Proxier health, for the health check node ports' answers. */
+  readonly health: ProxierHealthCheck;
+  readonly exec?: Exec;
+  readonly localAddresses?: LocalAddresses;
+  readonly sysctl?: Sysctl;
+  readonly conntrackParameters?: Sysctl;
+  readonly cores?: number;
+}
+
+/** The iptables backend a configuration asks for, with kernel settings applied before the first sync. */
+export function iptablesBackendFromConfig(config: Config, deps: IptablesBackendDeps): IptablesBackend {
+  const exec = deps.exec ?? bunExec;
+  const logger = deps.logger;
+  const ruleOptions = ruleOptionsFromConfig(config);
+  const localhostNodePorts =
+    ruleOptions.localhostNodePorts &&
+    (config.nodePortAddresses.length === 0 || config.nodePortAddresses.some((cidr) => cidr.startsWith("127.")));
+  return new IptablesBackend({
+    exec,
+    flavour: config.iptables.flavour,
+    ruleOptions,
+    nodePortAddresses: config.nodePortAddresses,
+    localAddresses: deps.localAddresses ?? hostAddresses,
+    metrics: deps.metrics,
+    logger,
+    serviceHealth: new ServiceHealthServer({ health: deps.health, logger }),
+    prepare: async () => {
+      await applySysctls({
+        conntrack: config.conntrack,
+        localhostNodePorts,
+        cores: deps.cores ?? availableParallelism(),
+        sysctl: deps.sysctl ?? procSysctl(),
+        conntrackParameters: deps.conntrackParameters ?? procSysctl("/sys/module/nf_conntrack/parameters"),
+        logger,
+      });
+    },
+  });
+}
