@@ -21,50 +21,118 @@ export const LIMITS = {
   annotationLength: 65536,
 } as const;
 
-const name = z.string().min(1, "must not be empty").max(LIMITS.nameLength);
 const shortString = z.string().max(LIMITS.stringLength);
 const ip = z.string().refine((s) => ipFamilyOf(s) !== undefined, "not a valid IP address");
+/** An IP or one of the given special values; one check instead of a union keeps parsing cheap. */
+function ipOr(...special: string[]) {
+  return z.string().refine((s) => special.includes(s) || ipFamilyOf(s) !== undefined, `not a valid IP address`);
+}
 const cidr = z.string().refine((s) => cidrFamilyOf(s.trim()) !== undefined, "not a valid CIDR");
-const portNumber = z.int().min(1).max(65535);
-const protocol = z.enum(["TCP", "UDP", "SCTP"]).default("TCP");
 
 /**
- * Labels and annotations: only string values; giant maps rejected. Checked by hand because a
- * per-entry schema is the single most expensive part of parsing a large initial list.
+ * A schema whose check is written by hand. Used for the parts every object repeats (metadata,
+ * ports, endpoints): on a large initial list, nested per-field schemas were most of kproxy's
+ * start-up time. `check` returns the normalized value, or the path and problem of the first bad field.
  */
-const stringMap = z.custom<Record<string, string>>((v) => {
-  if (typeof v !== "object" || v === null || Array.isArray(v)) return false;
+type Checked<T> = { value: T } | { path: PropertyKey[]; message: string };
+
+function handChecked<T>(check: (v: unknown) => Checked<T>) {
+  return z.unknown().transform((v, ctx): T => {
+    const r = check(v);
+    if ("value" in r) return r.value;
+    ctx.issues.push({ code: "custom", message: r.message, path: r.path, input: v });
+    return z.NEVER;
+  });
+}
+
+const problem = (path: PropertyKey[], message: string) => ({ path, message });
+
+function isName(v: unknown): v is string {
+  return typeof v === "string" && v.length > 0 && v.length <= LIMITS.nameLength;
+}
+
+/** Labels and annotations: only string values; giant maps rejected. */
+function stringMapProblem(v: unknown, field: string): { path: PropertyKey[]; message: string } | undefined {
+  if (v == null) return undefined;
+  if (!isRecord(v)) return problem([field], "expected a map of strings");
   let n = 0;
   for (const k in v) {
-    const value = (v as Record<string, unknown>)[k];
-    if (++n > 1000 || k.length > LIMITS.stringLength) return false;
-    if (typeof value !== "string" || value.length > LIMITS.annotationLength) return false;
+    const value = v[k];
+    if (++n > 1000) return problem([field], "more than 1000 entries");
+    if (k.length > LIMITS.stringLength) return problem([field], "key too long");
+    if (typeof value !== "string" || value.length > LIMITS.annotationLength) return problem([field, k], "expected a string");
   }
-  return true;
-}, "must be a map of at most 1000 strings");
+  return undefined;
+}
 
-const metadata = z.object({
-  name,
-  namespace: name.default("default"),
-  labels: stringMap.nullish(),
-  annotations: stringMap.nullish(),
-  deletionTimestamp: shortString.nullish(),
+export interface Metadata {
+  readonly name: string;
+  readonly namespace: string;
+  readonly labels?: Readonly<Record<string, string>> | null | undefined;
+  readonly annotations?: Readonly<Record<string, string>> | null | undefined;
+  readonly deletionTimestamp?: string | null | undefined;
+}
+
+const metadata = handChecked<Metadata>((v) => {
+  if (!isRecord(v)) return problem([], "expected an object");
+  const { name, namespace, labels, annotations, deletionTimestamp } = v;
+  if (!isName(name)) return problem(["name"], `expected a name of 1 to ${LIMITS.nameLength} characters`);
+  if (namespace != null && !isName(namespace)) return problem(["namespace"], `expected a name of 1 to ${LIMITS.nameLength} characters`);
+  const bad = stringMapProblem(labels, "labels") ?? stringMapProblem(annotations, "annotations");
+  if (bad) return bad;
+  if (deletionTimestamp != null && !isShortString(deletionTimestamp)) return problem(["deletionTimestamp"], "expected a string");
+  return {
+    value: {
+      name,
+      namespace: (namespace as string | null | undefined) ?? "default",
+      labels: labels as Metadata["labels"],
+      annotations: annotations as Metadata["annotations"],
+      deletionTimestamp: deletionTimestamp as string | null | undefined,
+    },
+  };
 });
 
-const servicePortSchema = z.object({
-  name: shortString.nullish(),
-  protocol,
-  port: portNumber,
-  nodePort: z.int().min(0).max(65535).nullish(),
-  targetPort: z.union([z.int().min(0).max(65535), z.string().max(63)]).nullish(),
+const PROTOCOLS: ReadonlySet<unknown> = new Set(["TCP", "UDP", "SCTP"]);
+
+function isPortNumber(v: unknown, min: number): v is number {
+  return typeof v === "number" && Number.isInteger(v) && v >= min && v <= 65535;
+}
+
+export interface ServicePortObject {
+  readonly name?: string | null | undefined;
+  readonly protocol: "TCP" | "UDP" | "SCTP";
+  readonly port: number;
+  readonly nodePort?: number | null | undefined;
+  readonly targetPort?: number | string | null | undefined;
+}
+
+const servicePortSchema = handChecked<ServicePortObject>((v) => {
+  if (!isRecord(v)) return problem([], "expected an object");
+  const { name, protocol, port, nodePort, targetPort } = v;
+  if (name != null && !isShortString(name)) return problem(["name"], "expected a string");
+  if (protocol != null && !PROTOCOLS.has(protocol)) return problem(["protocol"], 'expected one of "TCP"|"UDP"|"SCTP"');
+  if (!isPortNumber(port, 1)) return problem(["port"], "expected an integer from 1 to 65535");
+  if (nodePort != null && !isPortNumber(nodePort, 0)) return problem(["nodePort"], "expected an integer from 0 to 65535");
+  if (targetPort != null && !isPortNumber(targetPort, 0) && !(typeof targetPort === "string" && targetPort.length <= 63)) {
+    return problem(["targetPort"], "expected a port number or a port name");
+  }
+  return {
+    value: {
+      name: name as string | null | undefined,
+      protocol: (protocol ?? "TCP") as ServicePortObject["protocol"],
+      port,
+      nodePort: nodePort as number | null | undefined,
+      targetPort: targetPort as number | string | null | undefined,
+    },
+  };
 });
 
 export const serviceSchema = z.object({
   metadata,
   spec: z.object({
     type: z.enum(["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"]).default("ClusterIP"),
-    clusterIP: z.union([z.literal(""), z.literal("None"), ip]).nullish(),
-    clusterIPs: z.array(z.union([z.literal("None"), ip])).max(2).nullish(),
+    clusterIP: ipOr("", "None").nullish(),
+    clusterIPs: z.array(ipOr("None")).max(2).nullish(),
     ports: z.array(servicePortSchema).max(LIMITS.ports).nullish(),
     externalIPs: z.array(ip).max(LIMITS.ipsPerList).nullish(),
     loadBalancerSourceRanges: z.array(cidr).max(LIMITS.ipsPerList).nullish(),
@@ -85,7 +153,7 @@ export const serviceSchema = z.object({
           ingress: z
             .array(
               z.object({
-                ip: z.union([z.literal(""), ip]).nullish(),
+                ip: ipOr("").nullish(),
                 hostname: shortString.nullish(),
                 ipMode: z.enum(["VIP", "Proxy"]).nullish(),
               }),
@@ -115,59 +183,103 @@ export const serviceSchema = z.object({
   }
 });
 
-const endpointSchema = z.object({
-  addresses: z.array(shortString).min(1).max(LIMITS.addressesPerEndpoint),
-  conditions: z
-    .object({
-      ready: z.boolean().nullish(),
-      serving: z.boolean().nullish(),
-      terminating: z.boolean().nullish(),
-    })
-    .nullish(),
-  nodeName: shortString.nullish(),
-  zone: shortString.nullish(),
-  hints: z
-    .object({
-      forZones: z.array(z.object({ name: shortString })).max(LIMITS.hintsPerEndpoint).nullish(),
-      forNodes: z.array(z.object({ name: shortString })).max(LIMITS.hintsPerEndpoint).nullish(),
-    })
-    .nullish(),
+/** One endpoint of a slice as kproxy reads it (checked by `endpointProblem`). */
+export interface RawEndpoint {
+  readonly addresses: readonly string[];
+  readonly conditions?: { readonly ready?: boolean | null; readonly serving?: boolean | null; readonly terminating?: boolean | null } | null;
+  readonly nodeName?: string | null;
+  readonly zone?: string | null;
+  readonly hints?: {
+    readonly forZones?: readonly { readonly name: string }[] | null;
+    readonly forNodes?: readonly { readonly name: string }[] | null;
+  } | null;
+}
+
+function isShortString(v: unknown): boolean {
+  return typeof v === "string" && v.length <= LIMITS.stringLength;
+}
+
+/**
+ * Checks one endpoint by hand: slices carry most of a cluster's objects (tens of thousands of
+ * endpoints on a large initial list), and a schema per endpoint was most of the model's start-up
+ * time. Returns the path and problem of the first bad field.
+ */
+function endpointProblem(ep: unknown, family: "IPv4" | "IPv6" | "FQDN"): [PropertyKey[], string] | undefined {
+  if (!isRecord(ep)) return [[], "expected an object"];
+  const addrs = ep["addresses"];
+  if (!Array.isArray(addrs) || addrs.length < 1 || addrs.length > LIMITS.addressesPerEndpoint) {
+    return [["addresses"], `expected a list of 1 to ${LIMITS.addressesPerEndpoint} addresses`];
+  }
+  for (let j = 0; j < addrs.length; j++) {
+    const a: unknown = addrs[j];
+    if (!isShortString(a)) return [["addresses", j], "expected a string"];
+    if (family !== "FQDN" && ipFamilyOf(a as string) !== family) return [["addresses", j], `not a valid ${family} address`];
+  }
+  const c = ep["conditions"];
+  if (c != null) {
+    if (!isRecord(c)) return [["conditions"], "expected an object"];
+    for (const k of ["ready", "serving", "terminating"]) {
+      if (c[k] != null && typeof c[k] !== "boolean") return [["conditions", k], "expected a boolean"];
+    }
+  }
+  for (const k of ["nodeName", "zone"]) {
+    if (ep[k] != null && !isShortString(ep[k])) return [[k], "expected a string"];
+  }
+  const hints = ep["hints"];
+  if (hints != null) {
+    if (!isRecord(hints)) return [["hints"], "expected an object"];
+    for (const k of ["forZones", "forNodes"]) {
+      const list = hints[k];
+      if (list == null) continue;
+      if (!Array.isArray(list) || list.length > LIMITS.hintsPerEndpoint) return [["hints", k], `expected a list of at most ${LIMITS.hintsPerEndpoint}`];
+      for (let j = 0; j < list.length; j++) {
+        const h: unknown = list[j];
+        if (!isRecord(h) || !isShortString(h["name"])) return [["hints", k, j, "name"], "expected a string"];
+      }
+    }
+  }
+  return undefined;
+}
+
+export interface SlicePortObject {
+  readonly name?: string | null | undefined;
+  readonly protocol: "TCP" | "UDP" | "SCTP";
+  readonly port?: number | null | undefined;
+}
+
+const slicePortSchema = handChecked<SlicePortObject>((v) => {
+  if (!isRecord(v)) return problem([], "expected an object");
+  const { name, protocol, port } = v;
+  if (name != null && !isShortString(name)) return problem(["name"], "expected a string");
+  if (protocol != null && !PROTOCOLS.has(protocol)) return problem(["protocol"], 'expected one of "TCP"|"UDP"|"SCTP"');
+  // A missing or zero port is tolerated (and ignored by the model), as upstream does.
+  if (port != null && !isPortNumber(port, 0)) return problem(["port"], "expected an integer from 0 to 65535");
+  return {
+    value: {
+      name: name as string | null | undefined,
+      protocol: (protocol ?? "TCP") as SlicePortObject["protocol"],
+      port: port as number | null | undefined,
+    },
+  };
 });
 
 export const endpointSliceSchema = z
   .object({
     metadata,
     addressType: z.enum(["IPv4", "IPv6", "FQDN"]),
-    endpoints: z.array(endpointSchema).max(LIMITS.endpointsPerSlice).nullish(),
-    ports: z
-      .array(
-        z.object({
-          name: shortString.nullish(),
-          protocol,
-          // A missing or zero port is tolerated and ignored, as upstream does.
-          port: z.int().min(0).max(65535).nullish(),
-        }),
-      )
-      .max(LIMITS.ports)
-      .nullish(),
+    endpoints: z.array(z.custom<RawEndpoint>()).max(LIMITS.endpointsPerSlice).nullish(),
+    ports: z.array(slicePortSchema).max(LIMITS.ports).nullish(),
   })
   .superRefine((slice, ctx) => {
     if (!slice.metadata.labels?.[SERVICE_NAME_LABEL]) {
       ctx.addIssue({ code: "custom", path: ["metadata", "labels", SERVICE_NAME_LABEL], message: "missing" });
     }
-    if (slice.addressType === "FQDN") return;
     const eps = slice.endpoints ?? [];
     for (let i = 0; i < eps.length; i++) {
-      const addrs = eps[i]!.addresses;
-      for (let j = 0; j < addrs.length; j++) {
-        if (ipFamilyOf(addrs[j]!) !== slice.addressType) {
-          ctx.addIssue({
-            code: "custom",
-            path: ["endpoints", i, "addresses", j],
-            message: `not a valid ${slice.addressType} address`,
-          });
-          return;
-        }
+      const problem = endpointProblem(eps[i], slice.addressType);
+      if (problem) {
+        ctx.addIssue({ code: "custom", path: ["endpoints", i, ...problem[0]], message: problem[1] });
+        return;
       }
     }
   });
@@ -176,7 +288,7 @@ export const nodeSchema = z.object({
   metadata,
   spec: z
     .object({
-      podCIDR: z.union([z.literal(""), cidr]).nullish(),
+      podCIDR: z.string().refine((s) => s === "" || cidrFamilyOf(s.trim()) !== undefined, "not a valid CIDR").nullish(),
       podCIDRs: z.array(cidr).max(2).nullish(),
     })
     .nullish(),
