@@ -165,24 +165,58 @@ export interface EndpointNames {
   readonly chain: string;
 }
 
-interface EndpointNamesMemo extends EndpointNames {
-  readonly servicePortName: string;
-  readonly protocol: Protocol;
+interface EndpointNamesEntry extends EndpointNames {
+  readonly port: number;
 }
 
-const endpointNamesMemo = new WeakMap<Endpoint, EndpointNamesMemo>();
+/**
+ * The endpoint names of one service port, by endpoint IP. Looking up by the IP string the model
+ * already holds avoids building and hashing a fresh `name+protocol+ip:port` key for every endpoint
+ * of every rebuilt service, which would otherwise be a large share of a sync.
+ */
+export class EndpointNameTable {
+  private readonly byIP = new Map<string, EndpointNamesEntry>();
 
-/** An endpoint's `ip:port` and KUBE-SEP chain for a service port, remembered per Endpoint object. */
+  constructor(private readonly hashPrefix: string) {}
+
+  names(ep: Endpoint): EndpointNames {
+    const hit = this.byIP.get(ep.ip);
+    if (hit !== undefined && hit.port === ep.port) return hit;
+    const endpoint = joinHostPort(ep.ip, ep.port);
+    const entry = { port: ep.port, endpoint, chain: ENDPOINT_CHAIN_PREFIX + hash16(this.hashPrefix + endpoint) };
+    if (hit === undefined) endpointEntries++;
+    this.byIP.set(ep.ip, entry);
+    return entry;
+  }
+}
+
+const MAX_ENDPOINT_ENTRIES = 500_000;
+let endpointEntries = 0;
+const endpointTables = new Map<string, EndpointNameTable>();
+
+/** The name table of a service port; dropped wholesale with all others once they hold too many entries. */
+export function endpointNameTable(servicePortName: string, protocol: Protocol): EndpointNameTable {
+  const prefix = servicePortName + LOWER_PROTOCOL[protocol];
+  let table = endpointTables.get(prefix);
+  if (table === undefined) {
+    if (endpointEntries >= MAX_ENDPOINT_ENTRIES) {
+      endpointTables.clear();
+      endpointEntries = 0;
+    }
+    table = new EndpointNameTable(prefix);
+    endpointTables.set(prefix, table);
+  }
+  return table;
+}
+
+/** An endpoint's `ip:port` and KUBE-SEP chain for a service port. */
 export function endpointNames(servicePortName: string, protocol: Protocol, ep: Endpoint): EndpointNames {
-  const memo = endpointNamesMemo.get(ep);
-  if (memo !== undefined && memo.servicePortName === servicePortName && memo.protocol === protocol) return memo;
-  const endpoint = joinHostPort(ep.ip, ep.port);
-  const names = { servicePortName, protocol, endpoint, chain: endpointChainName(servicePortName, protocol, endpoint) };
-  endpointNamesMemo.set(ep, names);
-  return names;
+  return endpointNameTable(servicePortName, protocol).names(ep);
 }
 
 /** Forget remembered hashes (tests, or after a mass deletion of services). */
 export function clearChainNameCache(): void {
   cache.clear();
+  endpointTables.clear();
+  endpointEntries = 0;
 }

@@ -15,6 +15,7 @@ import {
   fakeProxierOptions,
   servicePort,
   snapshot,
+  testNode,
   testNodeName,
 } from "./helpers.ts";
 
@@ -505,6 +506,43 @@ describe("partial generation", () => {
     expect(again.text).toContain(":KUBE-SEP-STALESTALESTALE1 - [0:0]\n");
     expect(again.text).toContain("-X KUBE-SEP-STALESTALESTALE1\n");
     expect(again.counts.natRules).toBe(out.counts.natRules);
+  });
+});
+
+describe("reuse between generations", () => {
+  const sp = servicePort("ns1", "svc1", "p80", { type: "NodePort", clusterIP: "172.30.0.41", port: 80, nodePort: 3001 });
+  const options: RuleOptions = { ...fakeProxierOptions };
+
+  test("a new endpoint list, node, options or large-cluster mode is reflected even for the same service port object", () => {
+    const first = generateRules(snapshot([[sp, [endpoint("10.180.0.1", 80)]]]), "IPv4", options, full);
+    const same = generateRules(snapshot([[sp, [endpoint("10.180.0.1", 80)]]]), "IPv4", options, full);
+    expect(same.text).toBe(first.text);
+
+    const moved = generateRules(snapshot([[sp, [endpoint("10.180.0.9", 80)]]]), "IPv4", options, full);
+    expect(moved.text).toContain("--to-destination 10.180.0.9:80");
+    expect(moved.text).not.toContain("10.180.0.1");
+
+    const eps = [endpoint("10.180.0.1", 80)];
+    const masqAll = generateRules(snapshot([[sp, eps]]), "IPv4", { ...options, masqueradeAll: true }, full);
+    expect(masqAll.text).toContain("--dport 80 -j KUBE-MARK-MASQ\n");
+
+    const nodeCIDR = { ...options, detectLocalMode: "NodeCIDR" as const };
+    const a = generateRules(snapshot([[sp, eps]]), "IPv4", nodeCIDR, full);
+    const b = generateRules(snapshot([[sp, eps]], { ...testNode, podCIDRs: ["10.9.0.0/24"] }), "IPv4", nodeCIDR, full);
+    expect(a.text).toContain("! -s 10.0.0.0/24");
+    expect(b.text).toContain("! -s 10.9.0.0/24");
+
+    const large = generateRules(snapshot([[sp, eps]]), "IPv4", { ...options, largeClusterEndpointsThreshold: 0 }, full);
+    expect(large.text).not.toContain("--comment ns1/svc1:p80 -s 10.180.0.1");
+    expect(large.text).toContain("-s 10.180.0.1 -j KUBE-MARK-MASQ");
+  });
+
+  test("the same endpoint IP with another port gets its own chain", () => {
+    const a = generateRules(snapshot([[sp, [endpoint("10.180.0.1", 80)]]]), "IPv4", options, full);
+    const b = generateRules(snapshot([[sp, [endpoint("10.180.0.1", 8080)]]]), "IPv4", options, full);
+    expect(a.text).toContain("KUBE-SEP-SXIVWICOYRO3J4NJ");
+    expect(b.text).not.toContain("KUBE-SEP-SXIVWICOYRO3J4NJ");
+    expect(b.text).toContain("--to-destination 10.180.0.1:8080");
   });
 });
 
