@@ -8,6 +8,7 @@
  *
  * Usage: bun bench/model.ts [--services N] [--endpoints N] [--events N]
  */
+import { loadavg } from "node:os";
 import { silentLogger } from "../src/log.ts";
 import { ProxyModel } from "../src/model/tracker.ts";
 import type { SourceEvent } from "../src/source/types.ts";
@@ -122,7 +123,9 @@ const widths = [0, 1, 2, 3].map((c) => Math.max(...rows.map((r) => r[c]!.length)
 const line = (r: readonly string[]) => r.map((v, c) => (c === 0 ? v.padEnd(widths[c]!) : v.padStart(widths[c]!))).join("  ");
 console.log(
   `model: ${spec.services} services, ${sliceCount} slices, ${endpointCount} endpoints, ${first.services.size} service ports; ` +
-    `first change set ${firstChanges.changed.size} keys (full=${firstChanges.full}); ${events.length} events changed ${changedTotal} keys`,
+    `first change set ${firstChanges.changed.size} keys (full=${firstChanges.full}); ${events.length} events changed ${changedTotal} keys; ` +
+    // Wall-clock figures stretch when other processes compete for the CPU; the load says how much.
+    `load average ${loadavg()[0]!.toFixed(2)}`,
 );
 console.log(line(["measure", "value", "goal", ""]));
 for (const r of rows) console.log(line(r));
