@@ -155,7 +155,8 @@ export const serviceSchema = z.object({
               z.object({
                 ip: ipOr("").nullish(),
                 hostname: shortString.nullish(),
-                ipMode: z.enum(["VIP", "Proxy"]).nullish(),
+                // Any value: a mode added later is simply not "VIP", which is all kproxy asks.
+                ipMode: shortString.nullish(),
               }),
             )
             .max(LIMITS.ipsPerList)

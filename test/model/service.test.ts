@@ -116,3 +116,8 @@ describe("servicePortsOf", () => {
     expect(list.map((p) => p.key)).toEqual(["IPv4/ns/m:http/TCP", "IPv4/ns/m:dns/UDP"]);
   });
 });
+
+test("an ipMode kproxy does not know is accepted and treated as not VIP", () => {
+  const [p] = ports(service("lb", { type: "LoadBalancer" }, { status: { loadBalancer: { ingress: [{ ip: "203.0.113.1", ipMode: "Passthrough" }] } } }));
+  expect(p?.loadBalancerIPs).toEqual([]);
+});
