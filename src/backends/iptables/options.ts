@@ -98,3 +98,21 @@ export function localTrafficMatch(
     }
   }
 }
+
+/** Field-by-field equality (arrays and nested records by value), for options rebuilt on every sync. */
+export function sameRuleOptions(a: RuleOptions, b: RuleOptions): boolean {
+  return a === b || sameValue(a, b);
+}
+
+function sameValue(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (typeof a !== "object" || typeof b !== "object" || a === null || b === null) return false;
+  if (Array.isArray(a) !== Array.isArray(b)) return false;
+  const ka = Object.keys(a);
+  const kb = Object.keys(b);
+  if (ka.length !== kb.length) return false;
+  const ra = a as Record<string, unknown>;
+  const rb = b as Record<string, unknown>;
+  for (const k of ka) if (!Object.hasOwn(rb, k) || !sameValue(ra[k], rb[k])) return false;
+  return true;
+}

@@ -26,7 +26,7 @@ import {
 } from "./chains.ts";
 import { isServiceChainName } from "./hash.ts";
 import { familyOf, isLoopback } from "./ip.ts";
-import { localTrafficMatch, masqueradeMark, type RuleOptions } from "./options.ts";
+import { localTrafficMatch, masqueradeMark, sameRuleOptions, type RuleOptions } from "./options.ts";
 import { serviceRules, type CategorizeEndpoints, type ServiceRulesEnv } from "./service-rules.ts";
 
 export type { CategorizedEndpoints, CategorizeEndpoints } from "./service-rules.ts";
@@ -80,15 +80,29 @@ const NODEPORTS_JUMP_COMMENT = `"kubernetes service nodeports; NOTE: this must b
 const NO_ENDPOINTS: readonly Endpoint[] = Object.freeze([]);
 
 /**
- * Pass the same `options` object (and the same `categorize`) from sync to sync: per-service results
- * are reused while the service port, its endpoint list, the node and these are unchanged.
+ * Options seen recently, so that an equal options object rebuilt by the caller on every sync still
+ * lets per-service results be reused (they are remembered against the options object).
+ */
+const recentOptions: RuleOptions[] = [];
+
+function canonicalOptions(options: RuleOptions): RuleOptions {
+  for (const seen of recentOptions) if (sameRuleOptions(seen, options)) return seen;
+  recentOptions.unshift(options);
+  if (recentOptions.length > 4) recentOptions.pop();
+  return options;
+}
+
+/**
+ * Per-service results are reused while the service port object, its endpoint list, the node object,
+ * the options (by value) and `categorize` are unchanged: snapshots share unchanged objects.
  */
 export function generateRules(
   snapshot: Snapshot,
   family: IPFamily,
-  options: RuleOptions,
+  givenOptions: RuleOptions,
   context: GenerateContext = {},
 ): GeneratedRules {
+  const options = canonicalOptions(givenOptions);
   const { categorize = categorizeEndpoints, changed, existingChains } = context;
   const node = snapshot.node;
   const isIPv6 = family === "IPv6";

@@ -5,6 +5,7 @@ import {
   KUBELET_JUMP_RULES,
   masqueradeMark,
   probability,
+  sameRuleOptions,
   type GenerateContext,
   type RuleOptions,
 } from "../../../src/backends/iptables/index.ts";
@@ -535,6 +536,15 @@ describe("reuse between generations", () => {
     const large = generateRules(snapshot([[sp, eps]]), "IPv4", { ...options, largeClusterEndpointsThreshold: 0 }, full);
     expect(large.text).not.toContain("--comment ns1/svc1:p80 -s 10.180.0.1");
     expect(large.text).toContain("-s 10.180.0.1 -j KUBE-MARK-MASQ");
+  });
+
+  test("options compare by value", () => {
+    expect(sameRuleOptions(options, { ...options, clusterCIDRs: [...options.clusterCIDRs] })).toBe(true);
+    expect(sameRuleOptions(options, { ...options, nfacctCounters: { ...options.nfacctCounters } })).toBe(true);
+    expect(sameRuleOptions(options, { ...options, clusterCIDRs: ["10.0.0.0/16"] })).toBe(false);
+    expect(sameRuleOptions(options, { ...options, nodePortAddresses: ["192.168.0.2"] })).toBe(false);
+    expect(sameRuleOptions(options, { ...options, nfacctCounters: { ...options.nfacctCounters, ctStateInvalidDropped: false } })).toBe(false);
+    expect(sameRuleOptions(options, { ...options, masqueradeBit: 15 })).toBe(false);
   });
 
   test("the same endpoint IP with another port gets its own chain", () => {
