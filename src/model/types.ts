@@ -51,7 +51,7 @@ export interface ServicePort {
 export interface Endpoint {
   readonly ip: string;
   readonly port: number;
-  /** Conditions as in EndpointSlice; a missing condition means ready=true, serving=ready, terminating=false. */
+  /** Conditions as in EndpointSlice; a missing condition means ready=true, serving=true, terminating=false (each read on its own, as upstream). */
   readonly ready: boolean;
   readonly serving: boolean;
   readonly terminating: boolean;
@@ -95,8 +95,8 @@ export interface ChangeSet {
   /** True when the whole state must be rewritten (first sync, node change, periodic, after failure). */
   readonly full: boolean;
   /**
-   * Oldest `endpoints.kubernetes.io/last-change-trigger-time` among the changes (ms since epoch), for
-   * the network programming latency metric; undefined when unknown.
+   * `endpoints.kubernetes.io/last-change-trigger-time` of the endpoint changes in this set (ms since
+   * epoch) newer than the model's start, for the network programming latency metric; empty when none.
    */
   readonly triggerTimes: readonly number[];
 }
