@@ -75,7 +75,8 @@ const options = { ...defaultRuleOptions, clusterCIDRs: ["10.64.0.0/10"] };
 interface Measured {
   readonly wallMs: number;
   readonly cpuMs: number;
-  readonly text: string;
+  readonly lines: number;
+  readonly bytes: number;
 }
 
 /** Wall and CPU time: on a busy machine the CPU time is the steadier figure. */
@@ -85,13 +86,14 @@ function measure(run: () => { text: string }): Measured {
   const out = run();
   const wallMs = performance.now() - start;
   const cpu = process.cpuUsage(cpu0);
-  return { wallMs, cpuMs: (cpu.user + cpu.system) / 1000, text: out.text };
+  let lines = 0;
+  for (let i = out.text.indexOf("\n"); i >= 0; i = out.text.indexOf("\n", i + 1)) lines++;
+  return { wallMs, cpuMs: (cpu.user + cpu.system) / 1000, lines, bytes: out.text.length };
 }
 
 function report(label: string, m: Measured): void {
-  const lines = m.text.split("\n").length - 1;
   console.log(
-    `${label.padEnd(36)} ${m.wallMs.toFixed(1).padStart(7)} ms wall ${m.cpuMs.toFixed(1).padStart(7)} ms cpu   ${lines.toLocaleString("en").padStart(8)} lines  ${(m.text.length / 1e6).toFixed(1)} MB`,
+    `${label.padEnd(40)} ${m.wallMs.toFixed(1).padStart(7)} ms wall ${m.cpuMs.toFixed(1).padStart(7)} ms cpu   ${m.lines.toLocaleString("en").padStart(8)} lines  ${(m.bytes / 1e6).toFixed(1)} MB`,
   );
 }
 
@@ -100,42 +102,44 @@ function median(values: number[]): number {
   return sorted[Math.floor(sorted.length / 2)] ?? 0;
 }
 
-console.log(`${services.toLocaleString("en")} service ports × ${perService} endpoints`);
+function summary(label: string, runs: readonly Measured[]): void {
+  const first = runs[0];
+  if (first === undefined) return;
+  report(`${label} (median of ${runs.length})`, {
+    wallMs: median(runs.map((m) => m.wallMs)),
+    cpuMs: median(runs.map((m) => m.cpuMs)),
+    lines: first.lines,
+    bytes: first.bytes,
+  });
+}
+
+console.log(`${services.toLocaleString("en")} service ports × ${perService} endpoints (bound: 150 ms)`);
 clearChainNameCache();
 report("full, first run (cold)", measure(() => generateRules(snap, "IPv4", options, {})));
 
-const warm: Measured[] = [];
-let last = generateRules(snap, "IPv4", options, {});
 // A fresh but equal options object each time, as the backend builds them per sync.
+let last = generateRules(snap, "IPv4", { ...options }, {});
+const warm: Measured[] = [];
 for (let i = 0; i < 9; i++) warm.push(measure(() => (last = generateRules(snap, "IPv4", { ...options }, {}))));
-report("full, warm (median of 9)", {
-  wallMs: median(warm.map((m) => m.wallMs)),
-  cpuMs: median(warm.map((m) => m.cpuMs)),
-  text: last.text,
-});
-console.log(`${"full, warm (best of 9)".padEnd(36)} ${Math.min(...warm.map((m) => m.wallMs)).toFixed(1).padStart(7)} ms wall`);
+summary("full, unchanged snapshot", warm);
 
 const changedKey = snap.services.keys().next().value as string;
 const partial: Measured[] = [];
 for (let i = 0; i < 9; i++) {
-  partial.push(
-    measure(() =>
-      generateRules(snap, "IPv4", options, {
-        changed: new Set([changedKey]),
-        existingChains: last.activeNatChains,
-      }),
-    ),
-  );
+  const context = { changed: new Set([changedKey]), existingChains: last.activeNatChains };
+  partial.push(measure(() => generateRules(snap, "IPv4", options, context)));
 }
-// New objects for the same services (as after a re-list): per-service results are rebuilt, chain-name hashes come from the cache.
+summary("partial, 1 changed", partial);
+
+Bun.gc(true);
+const memory = process.memoryUsage();
+console.log(
+  `memory with one snapshot, its remembered rules and the last output: rss ${(memory.rss / 1e6).toFixed(0)} MB, heap ${(memory.heapUsed / 1e6).toFixed(0)} MB`,
+);
+
+// New objects for the same services (as after a re-list): per-service rules are rebuilt, chain-name hashes are remembered.
 const rebuilt = buildSnapshot();
-report("full, rebuilt objects, names cached", measure(() => generateRules(rebuilt, "IPv4", options, {})));
+report("full, new objects, same services", measure(() => generateRules(rebuilt, "IPv4", options, {})));
 // Services never seen before, in a warmed-up process: everything is computed.
 const fresh = buildSnapshot("other");
 report("full, new services (JIT warm)", measure(() => generateRules(fresh, "IPv4", options, {})));
-
-report("partial, 1 changed (median of 9)", {
-  wallMs: median(partial.map((m) => m.wallMs)),
-  cpuMs: median(partial.map((m) => m.cpuMs)),
-  text: partial[0]?.text ?? "",
-});

@@ -92,7 +92,7 @@ export function hash16(input: string): string {
  * are remembered. The cache is dropped wholesale when it grows past a bound, which keeps memory flat
  * under churn without bookkeeping on every lookup.
  */
-const MAX_CACHED = 500_000;
+const MAX_CACHED = 100_000;
 const cache = new Map<string, string>();
 
 function cachedHash16(input: string): string {
@@ -190,7 +190,7 @@ export class EndpointNameTable {
   }
 }
 
-const MAX_ENDPOINT_ENTRIES = 500_000;
+const MAX_ENDPOINT_ENTRIES = 200_000;
 let endpointEntries = 0;
 const endpointTables = new Map<string, EndpointNameTable>();
 

@@ -110,8 +110,11 @@ export function serviceRules(sp: ServicePort, endpoints: readonly Endpoint[], en
 const LOWER_PROTOCOL: Readonly<Record<Protocol, string>> = { TCP: "tcp", UDP: "udp", SCTP: "sctp" };
 const LOCALHOST_NODEPORTS_COUNTER = "localhost_nps_accepted_pkts";
 
-function block(lines: readonly string[]): string {
-  return lines.length === 0 ? "" : `${lines.join("\n")}\n`;
+/** Lines joined into one flat string with a trailing newline (the empty last element supplies it). */
+function block(lines: string[]): string {
+  if (lines.length === 0) return "";
+  lines.push("");
+  return lines.join("\n");
 }
 
 function buildServiceRules(sp: ServicePort, endpoints: readonly Endpoint[], env: ServiceRulesEnv): ServiceRules {
@@ -315,14 +318,17 @@ function buildServiceRules(sp: ServicePort, endpoints: readonly Endpoint[], env:
     );
   }
 
+  const filterRuleCount = filterRules.length;
+  const natTopRuleCount = natTopRules.length;
+  const natRuleCount = natRules.length;
   return {
     filterRules: block(filterRules),
-    filterRuleCount: filterRules.length,
+    filterRuleCount,
     natTopRules: block(natTopRules),
-    natTopRuleCount: natTopRules.length,
+    natTopRuleCount,
     natChains: block(natChains),
     natRules: block(natRules),
-    natRuleCount: natRules.length,
+    natRuleCount,
     chains: ownChains,
     noLocalEndpointsInternal,
     noLocalEndpointsExternal,
