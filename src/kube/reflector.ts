@@ -90,7 +90,10 @@ export class Reflector {
     return this.#synced;
   }
 
-  /** The cached objects by `namespace/name` (or `name` for cluster-scoped ones). */
+  /**
+   * The cached objects by `namespace/name` (or `name` for cluster-scoped ones), as identities: kind,
+   * apiVersion and the identifying metadata, which is what a deletion found by a re-list reports.
+   */
   get objects(): ReadonlyMap<string, RawObject> {
     return new Map([...this.#cache].map(([key, entry]) => [key, entry.object]));
   }
@@ -174,14 +177,15 @@ export class Reflector {
     await this.#clock.sleep(delayMs, signal);
   }
 
+  /**
+   * Lists page by page, handing each page's objects on as it arrives: holding a whole large list
+   * before applying it would keep every raw object alive at once. Deletions are known only once the
+   * last page is in; `synced` waits for that too.
+   */
   async #list(signal: AbortSignal): Promise<void> {
-    const { items, rv } = await this.#fetchAll(signal);
-    this.#replace(items, rv);
-  }
-
-  async #fetchAll(signal: AbortSignal): Promise<{ items: unknown[]; rv: string }> {
     const pageSize = this.#o.pageSize ?? defaultPageSize;
-    const items: unknown[] = [];
+    let seen = new Set<string>();
+    let stats = { items: 0, upserts: 0 };
     let cont = "";
     for (;;) {
       let page: ListPage;
@@ -194,21 +198,26 @@ export class Reflector {
         if (cont !== "" && err instanceof ApiError && err.gone) {
           // The snapshot behind the continue token was compacted: one unpaginated list instead.
           this.#logger.info("List continuation expired; listing everything at once");
-          const full = parseListPage(await this.#o.client.get(this.#o.path, { query: this.#query({}), signal }), this.#o.path);
-          return { items: full.items, rv: full.rv };
+          page = parseListPage(await this.#o.client.get(this.#o.path, { query: this.#query({}), signal }), this.#o.path);
+          seen = new Set<string>();
+          stats = this.#applyPage(page.items, seen, { items: 0, upserts: 0 });
+          this.#finishList(seen, page.rv, stats);
+          return;
         }
         throw err;
       }
-      items.push(...page.items);
-      if (page.continue === "") return { items, rv: page.rv };
+      stats = this.#applyPage(page.items, seen, stats);
+      if (page.continue === "") {
+        this.#finishList(seen, page.rv, stats);
+        return;
+      }
       cont = page.continue;
     }
   }
 
-  /** Makes the cache equal `items`, reporting what changed. */
-  #replace(items: readonly unknown[], rv: string): void {
-    const seen = new Set<string>();
-    let upserts = 0;
+  /** Reports a listed page's new and changed objects; `seen` collects the keys listed so far. */
+  #applyPage(items: readonly unknown[], seen: Set<string>, stats: { items: number; upserts: number }): { items: number; upserts: number } {
+    let upserts = stats.upserts;
     for (const item of items) {
       const meta = metaOf(item);
       if (!meta) {
@@ -218,10 +227,15 @@ export class Reflector {
       seen.add(meta.key);
       const known = this.#cache.get(meta.key);
       if (known && known.rv === meta.rv && meta.rv !== "") continue;
-      this.#cache.set(meta.key, { rv: meta.rv, object: item as RawObject });
+      this.#cache.set(meta.key, { rv: meta.rv, object: identityOf(item as RawObject) });
       upserts++;
       this.#emit("upsert", item as RawObject);
     }
+    return { items: stats.items + items.length, upserts };
+  }
+
+  /** The list is complete: what it did not contain is gone. */
+  #finishList(seen: ReadonlySet<string>, rv: string, stats: { items: number; upserts: number }): void {
     let deletes = 0;
     for (const [key, entry] of this.#cache) {
       if (seen.has(key)) continue;
@@ -230,7 +244,7 @@ export class Reflector {
       this.#emit("delete", entry.object);
     }
     this.#rv = rv;
-    this.#logger.debug(2, "Listed", { items: items.length, upserts, deletes, resourceVersion: rv });
+    this.#logger.debug(2, "Listed", { items: stats.items, upserts: stats.upserts, deletes, resourceVersion: rv });
     if (!this.#synced) {
       this.#synced = true;
       try {
@@ -262,7 +276,7 @@ export class Reflector {
     } else {
       const known = this.#cache.get(meta.key);
       if (!(known && known.rv === meta.rv && meta.rv !== "")) {
-        this.#cache.set(meta.key, { rv: meta.rv, object: event.object });
+        this.#cache.set(meta.key, { rv: meta.rv, object: identityOf(event.object) });
         this.#emit("upsert", event.object);
       }
     }
@@ -310,6 +324,19 @@ export function metaOf(obj: unknown): Meta | undefined {
   if (typeof name !== "string" || name === "") return undefined;
   const key = typeof namespace === "string" && namespace !== "" ? `${namespace}/${name}` : name;
   return { key, rv: typeof resourceVersion === "string" ? resourceVersion : "" };
+}
+
+/**
+ * What the cache keeps of an object: enough to name it in a delete event. Consumers keep their own
+ * parsed state, so holding every raw object here would double kproxy's memory for nothing.
+ */
+function identityOf(obj: RawObject): RawObject {
+  const metadata = (obj["metadata"] ?? {}) as Record<string, unknown>;
+  const identity: Record<string, unknown> = { name: metadata["name"] };
+  for (const field of ["namespace", "uid", "resourceVersion", "labels"] as const) {
+    if (metadata[field] !== undefined) identity[field] = metadata[field];
+  }
+  return { apiVersion: obj["apiVersion"], kind: obj["kind"], metadata: identity };
 }
 
 function rvOf(obj: unknown): string {

@@ -1,0 +1,29 @@
+/**
+ * The API server side of bench/watch.ts, in its own process so kproxy's memory is measured alone.
+ * Prints one JSON line {url, caPem, token} when the cluster is loaded, then reads commands from
+ * stdin: "update <j> <revision>" rewrites slice j; "quit" stops.
+ */
+import { FakeApiServer } from "../../test/fixtures/apiserver.ts";
+import { type ClusterSpec, services, sliceObject, slices } from "../fixtures/cluster.ts";
+
+const spec: ClusterSpec = JSON.parse(process.argv[2] ?? "{}") as ClusterSpec;
+const server = await FakeApiServer.start({ splitChunks: false });
+for (const svc of services(spec)) server.create("services", svc);
+for (const slice of slices(spec)) server.create("endpointslices", slice);
+process.stdout.write(JSON.stringify({ url: server.url, caPem: server.caPem, token: server.token }) + "\n");
+
+const decoder = new TextDecoder();
+let buffered = "";
+for await (const chunk of Bun.stdin.stream()) {
+  buffered += decoder.decode(chunk, { stream: true });
+  let nl: number;
+  while ((nl = buffered.indexOf("\n")) >= 0) {
+    const [cmd, a, b] = buffered.slice(0, nl).split(" ");
+    buffered = buffered.slice(nl + 1);
+    if (cmd === "update") server.update("endpointslices", sliceObject(spec, Number(a), Number(b)));
+    if (cmd === "quit") {
+      await server.stop();
+      process.exit(0);
+    }
+  }
+}
