@@ -128,12 +128,16 @@ interface KernelPackage {
 
 /** The versioned kernel package the meta package depends on, and its candidate version. */
 async function resolveKernelPackage(exec: Exec, network: boolean, log: (m: string) => void): Promise<KernelPackage | null> {
+  // The meta package pins the exact version: "Depends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)".
+  // One apt-cache call (each costs about half a second) keeps the cached path fast.
   const lookup = async (): Promise<KernelPackage | null> => {
+    const show = await exec.run(["apt-cache", "show", "--no-all-versions", META_PACKAGE]);
+    const match = /^Depends:.*?\b(linux-image-\d\S*-amd64)\s*\(=\s*([^)\s]+)\)/m.exec(show.stdout);
+    if (match) return { name: match[1] as string, version: match[2] as string };
     const depends = await exec.run(["apt-cache", "depends", META_PACKAGE]);
     const name = /Depends:\s*(linux-image-\d\S*-amd64)\b/.exec(depends.stdout)?.[1];
     if (!name) return null;
-    const show = await exec.run(["apt-cache", "show", "--no-all-versions", name]);
-    const version = /^Version:\s*(\S+)/m.exec(show.stdout)?.[1];
+    const version = /^Version:\s*(\S+)/m.exec((await exec.run(["apt-cache", "show", "--no-all-versions", name])).stdout)?.[1];
     return version ? { name, version } : null;
   };
   const found = await lookup();
@@ -206,7 +210,7 @@ async function buildInitrd(tree: string, release: string, out: string, exec: Exe
     await readFile(join(modulesDir, "modules.softdep"), "utf8").catch(() => ""),
     await readFile(join(modulesDir, "modules.alias"), "utf8").catch(() => ""),
   );
-  const stage = `${out}.stage`;
+  const stage = `${out}.stage-${process.pid}`;
   await rm(stage, { recursive: true, force: true });
   await mkdir(join(stage, "bin"), { recursive: true });
   await copyFile(BUSYBOX, join(stage, "bin", "busybox"));
@@ -218,10 +222,10 @@ async function buildInitrd(tree: string, release: string, out: string, exec: Exe
     await copyFile(join(modulesDir, rel), target);
   }
   await writeFile(join(stage, "modules.order"), `${order.join("\n")}\n`);
-  await runChecked(exec, ["sh", "-c", 'cd "$1" && find . -print0 | cpio --null -o -H newc --quiet | gzip -1 > "$2"', "sh", stage, `${out}.tmp`], {
+  await runChecked(exec, ["sh", "-c", 'cd "$1" && find . -print0 | cpio --null -o -H newc --quiet | gzip -1 > "$2"', "sh", stage, `${out}.tmp-${process.pid}`], {
     timeoutMs: 120_000,
   });
-  await rename(`${out}.tmp`, out);
+  await rename(`${out}.tmp-${process.pid}`, out);
   await rm(stage, { recursive: true, force: true });
 }
 
@@ -260,15 +264,19 @@ export async function ensureImage(options: BuildOptions = {}): Promise<GuestImag
   const initrd = join(imageDir, "initrd.gz");
   await buildInitrd(tree, release, initrd, exec);
   const image: GuestImage = { key, kernelPackage: pkg.name, kernelVersion: pkg.version, kernelRelease: release, kernel, initrd };
-  await writeFile(`${manifest}.tmp`, `${JSON.stringify(image, null, 2)}\n`);
-  await rename(`${manifest}.tmp`, manifest);
+  await writeFile(`${manifest}.tmp-${process.pid}`, `${JSON.stringify(image, null, 2)}\n`);
+  await rename(`${manifest}.tmp-${process.pid}`, manifest);
   await writeFile(join(cacheDir, CURRENT), `${JSON.stringify(image, null, 2)}\n`);
-  await pruneImages(cacheDir, key, `${pkg.name}_${pkg.version}`);
+  await pruneImages(cacheDir, key, pkg);
   return image;
 }
 
 /** Drops images and kernel trees other than the current ones, so the cache does not grow. */
-async function pruneImages(cacheDir: string, key: string, kernelDir: string): Promise<void> {
+async function pruneImages(cacheDir: string, key: string, pkg: KernelPackage): Promise<void> {
+  const kernelDir = `${pkg.name}_${pkg.version}`;
+  for (const name of await readdir(join(cacheDir, "debs")).catch(() => [] as string[])) {
+    if (name !== debFileName(pkg)) await rm(join(cacheDir, "debs", name), { force: true });
+  }
   for (const name of await readdir(join(cacheDir, "images")).catch(() => [] as string[])) {
     if (name !== key) await rm(join(cacheDir, "images", name), { recursive: true, force: true });
   }

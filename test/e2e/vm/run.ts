@@ -24,7 +24,10 @@ export interface GuestRun {
   readonly image?: GuestImage;
   readonly memoryMb?: number;
   readonly cpus?: number;
-  /** tcg (default; /dev/kvm does not accelerate a stock guest on these machines) or kvm. */
+  /**
+   * tcg by default: on these machines /dev/kvm exists but a kvm guest hangs after the BIOS.
+   * KPROXY_VM_ACCEL=kvm switches the default where kvm works.
+   */
   readonly accel?: "tcg" | "kvm";
 }
 
@@ -104,7 +107,7 @@ export async function runInGuest(run: GuestRun): Promise<GuestResult> {
   const consoleLog = join(shareDir, "console.log");
   await rm(consoleLog, { force: true });
 
-  const accel = run.accel ?? "tcg";
+  const accel = run.accel ?? (process.env["KPROXY_VM_ACCEL"] === "kvm" ? "kvm" : "tcg");
   const argv = [
     "qemu-system-x86_64",
     "-accel",
