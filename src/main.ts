@@ -71,14 +71,17 @@ function sourceFor(config: Config, cli: ReturnType<typeof parseArgs>, node: stri
   }).then((client) => new ApiSource({ client, nodeName: node, logger }));
 }
 
-function backendFor(config: Config, dryRun: boolean, io: MainIO, logger: Logger, deps: { metrics: KproxyMetrics; health: ProxierHealth }): Backend {
+/** How a run treats the kernel: apply, plan and print (--dry-run), or plan only (the demo, which must need no root). */
+type Apply = "apply" | "print" | "plan-only";
+
+function backendFor(config: Config, apply: Apply, io: MainIO, logger: Logger, deps: { metrics: KproxyMetrics; health: ProxierHealth }): Backend {
   const mode = effectiveProxyMode(config);
   const planner = plannerFor(config, hostAddresses);
   if (!planner) throw new ConfigError("mode", [{ path: "mode", value: mode, message: "is not implemented by this kproxy build yet" }]);
-  if (dryRun) {
+  if (apply === "print") {
     return new DryRunBackend(mode, planner, (plan) => io.stdout(plan));
   }
-  if (mode === "iptables") return iptablesBackendFromConfig(config, { metrics: deps.metrics, health: deps.health, logger });
+  if (apply === "apply" && mode === "iptables") return iptablesBackendFromConfig(config, { metrics: deps.metrics, health: deps.health, logger });
   return new DryRunBackend(mode, planner, (plan, changes) => {
     logger.info("Planned proxy rules (not applied)", { lines: plan.split("\n").length, full: changes.full, changed: changes.changed.size });
   });
@@ -166,7 +169,7 @@ export async function main(argv: readonly string[], io: MainIO): Promise<number>
 
   let backend: Backend;
   try {
-    backend = backendFor(config, cli.dryRun, io, logger, { metrics, health });
+    backend = backendFor(config, cli.dryRun ? "print" : cli.demo ? "plan-only" : "apply", io, logger, { metrics, health });
   } catch (err) {
     if (err instanceof ConfigError) {
       io.stderr(`kproxy: ${err.message}\n`);
