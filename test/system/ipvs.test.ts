@@ -301,6 +301,13 @@ describe("in a guest kernel with IPVS", () => {
       const conns = report.connections["tcp 10.96.0.10:80"] as { activeConnections: number; inactiveConnections: number }[];
       expect(conns.reduce((n, c) => n + c.activeConnections + c.inactiveConnections, 0)).toBeGreaterThanOrEqual(4);
 
+      // ipsets through IpsetTool and upstream-shaped companion rules load in the guest kernel, and
+      // traffic still flows with them (the client's packets are masqueraded by the rules)
+      expect(report.ipsets.map((s: { name: string }) => s.name).sort()).toEqual(["KUBE-CLUSTER-IP", "KUBE-LOOP-BACK", "KUBE-NODE-PORT-TCP"]);
+      expect(report.companionRules).toBe(19);
+      expect(new Set(report.spreadWithRules)).toEqual(new Set(["pod-a", "pod-b"]));
+      expect(report.masqueradedPackets).toBeGreaterThanOrEqual(2);
+
       // weight 0 drains: new connections only reach the other server
       expect(report.drainBatch).toEqual(["-E -t 10.96.0.10:80 -s wrr -p 30", "-e -t 10.96.0.10:80 -r 10.250.2.2:8080 -m -w 0"]);
       expect(report.diffAfterDrain).toEqual([]);

@@ -10,6 +10,7 @@
  * virtual IP lives on the dummy interface kube-ipvs0, as kproxy puts it.
  */
 import { bunExec, type Exec, runChecked } from "../../../../src/system/exec.ts";
+import { DEFAULT_HASH_OPTIONS, diffIpsets, IpsetTool } from "../../../../src/system/ipset.ts";
 import { diffIpvs, Ipvsadm, type VirtualServer } from "../../../../src/system/ipvs.ts";
 
 const exec: Exec = bunExec;
@@ -31,6 +32,8 @@ async function ipBatch(ns: string | null, lines: readonly string[]): Promise<voi
 
 async function setUp(): Promise<void> {
   await Bun.write("/proc/sys/net/ipv4/ip_forward", "1");
+  // As kproxy sets it: IPVS connections get conntrack entries, which masquerading rules need.
+  await Bun.write("/proc/sys/net/ipv4/vs/conntrack", "1");
   const root = [
     "link add kube-ipvs0 type dummy",
     `addr add ${VIP}/32 dev kube-ipvs0`,
@@ -83,6 +86,42 @@ function wanted(overrides: Partial<VirtualServer> = {}, reals = pods): VirtualSe
   ];
 }
 
+/**
+ * Companion rules in the shape of upstream's ipvs mode, using the ipsets and the ipvs match: they
+ * prove the image carries the modules (xt_set, xt_ipvs, addrtype, conntrack, MASQUERADE …) and
+ * that traffic still flows with them in place.
+ */
+const COMPANION_RULES = `*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-NODE-PORT - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
+-A KUBE-POSTROUTING -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE
+-A KUBE-POSTROUTING -m mark ! --mark 0x00004000/0x00004000 -j RETURN
+-A KUBE-POSTROUTING -j MARK --xor-mark 0x00004000
+-A KUBE-POSTROUTING -j MASQUERADE --random-fully
+-A KUBE-MARK-MASQ -j MARK --or-mark 0x00004000
+-A KUBE-SERVICES ! -s 10.250.0.0/16 -m set --match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ
+-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT
+-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT
+-A KUBE-NODE-PORT -p tcp -m set --match-set KUBE-NODE-PORT-TCP dst -j KUBE-MARK-MASQ
+COMMIT
+*filter
+:KUBE-FORWARD - [0:0]
+:KUBE-IPVS-FILTER - [0:0]
+-A INPUT -m comment --comment "kubernetes ipvs access filter" -j KUBE-IPVS-FILTER
+-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD
+-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP
+-A KUBE-FORWARD -m mark --mark 0x00004000/0x00004000 -j ACCEPT
+-A KUBE-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A KUBE-FORWARD -m ipvs --vaddr ${VIP}/32 --vdir ORIGINAL -j ACCEPT
+-A KUBE-IPVS-FILTER -m set --match-set KUBE-CLUSTER-IP dst,dst -j RETURN
+COMMIT
+`;
+
 async function fetchNames(count: number): Promise<string[]> {
   const names: string[] = [];
   for (let i = 0; i < count; i++) {
@@ -112,6 +151,22 @@ async function main(): Promise<void> {
   report["spread"] = await fetchNames(4);
   report["connections"] = Object.fromEntries(await ipvs.connections());
   mark("traffic");
+
+  const ipset = new IpsetTool(exec);
+  await ipset.restore(
+    diffIpsets(await ipset.save(), [
+      { name: "KUBE-CLUSTER-IP", type: "hash:ip,port", family: "inet", options: DEFAULT_HASH_OPTIONS, entries: [`${VIP},tcp:80`, `${UDP_VIP},udp:53`] },
+      { name: "KUBE-LOOP-BACK", type: "hash:ip,port,ip", family: "inet", options: DEFAULT_HASH_OPTIONS, entries: pods.map((p) => `${p.ip},tcp:8080,${p.ip}`) },
+      { name: "KUBE-NODE-PORT-TCP", type: "bitmap:port", options: ["range 0-65535"], entries: ["30080"] },
+    ]),
+  );
+  report["ipsets"] = await ipset.save();
+  await runChecked(exec, ["iptables-nft-restore", "-w", "5", "--noflush"], { stdin: COMPANION_RULES });
+  report["companionRules"] = (await sh("iptables-nft-save")).split("\n").filter((l) => l.startsWith("-A ")).length;
+  report["spreadWithRules"] = await fetchNames(2);
+  const counters = /^\[(\d+):\d+\] -A KUBE-POSTROUTING -j MASQUERADE/m.exec(await sh("iptables-nft-save", "-c", "-t", "nat"));
+  report["masqueradedPackets"] = Number(counters?.[1] ?? -1);
+  mark("companionRules");
 
   // Graceful termination's first step: weight 0 keeps the server but sends it no new connections.
   const drained = wanted({ scheduler: "wrr", persistenceTimeout: 30 });
