@@ -360,6 +360,11 @@ export class Ipvsadm {
     return parseIpvsTimeouts((await runChecked(this.exec, [this.binary, "-L", "-n", "--timeout"], { timeoutMs: 10_000 })).stdout);
   }
 
+  /** `ipvsadm -C`: removes every virtual server, as upstream's --cleanup does. */
+  async clear(): Promise<void> {
+    await runChecked(this.exec, [this.binary, "-C"], { timeoutMs: 60_000 });
+  }
+
   /** Deletes one virtual server and its real servers. */
   async deleteVirtualServer(vs: Pick<VirtualServer, "protocol" | "address" | "port">): Promise<void> {
     await this.applyBatch([ipvsLine.deleteVirtualServer(vs)]);

@@ -261,6 +261,17 @@ describe("Ipvsadm", () => {
     });
   });
 
+  test("clear and deleteVirtualServer", async () => {
+    const exec = new RecordingExec();
+    const ipvs = new Ipvsadm(exec);
+    await ipvs.clear();
+    await ipvs.deleteVirtualServer({ protocol: "udp", address: "fd00::10", port: 53 });
+    expect(exec.calls.map((c) => [c.argv, c.options?.stdin])).toEqual([
+      [["ipvsadm", "-C"], undefined],
+      [["ipvsadm", "-R"], "-D -u [fd00::10]:53\n"],
+    ]);
+  });
+
   test("save reads ipvsadm -S -n", async () => {
     const exec = new RecordingExec(() => ({ stdout: SAVE }));
     const servers = await new Ipvsadm(exec).save();
