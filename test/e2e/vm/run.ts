@@ -98,6 +98,8 @@ export async function runInGuest(run: GuestRun): Promise<GuestResult> {
   } else {
     shareDir = run.shareDir;
     if (await isUnderTmp(shareDir)) throw new Error(`shareDir ${shareDir} is under /tmp, which the guest does not see`);
+    // It travels on the kernel command line, which splits at whitespace.
+    if (/\s/.test(shareDir)) throw new Error(`shareDir ${JSON.stringify(shareDir)} contains whitespace`);
     await mkdir(shareDir, { recursive: true });
   }
   const state = join(shareDir, STATE);
@@ -131,7 +133,8 @@ export async function runInGuest(run: GuestRun): Promise<GuestResult> {
     "-virtfs",
     "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
     "-virtfs",
-    `local,path=${shareDir},mount_tag=results,security_model=none,multidevs=remap`,
+    // qemu's option syntax escapes a comma by doubling it
+    `local,path=${shareDir.replaceAll(",", ",,")},mount_tag=results,security_model=none,multidevs=remap`,
   ];
 
   const started = performance.now();
