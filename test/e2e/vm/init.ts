@@ -118,7 +118,6 @@ mount -t devtmpfs dev /newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts devpts /newroot/dev/pts
 mount -t tmpfs shm /newroot/dev/shm
-mount -t tmpfs tmp /newroot/tmp
 mount -t tmpfs run /newroot/run
 mkdir -p "/newroot$share"
 mount --bind /mnt/results "/newroot$share"

@@ -17,7 +17,7 @@ export interface GuestRun {
   readonly timeoutMs?: number;
   /**
    * Writable host folder, mounted at the same path in the guest. Must not be under /tmp (the
-   * guest's /tmp is its own tmpfs). When omitted, a folder under /var/tmp is made and removed
+   * guest sees the host's /tmp only through its overlay, whose writes stay in the guest). When omitted, a folder under /var/tmp is made and removed
    * after a successful run.
    */
   readonly shareDir?: string;
@@ -97,7 +97,7 @@ export async function runInGuest(run: GuestRun): Promise<GuestResult> {
     shareDir = await mkdtemp("/var/tmp/kproxy-vm-");
   } else {
     shareDir = run.shareDir;
-    if (await isUnderTmp(shareDir)) throw new Error(`shareDir ${shareDir} is under /tmp, which the guest does not see`);
+    if (await isUnderTmp(shareDir)) throw new Error(`shareDir ${shareDir} is under /tmp, whose guest writes never reach the host`);
     // It travels on the kernel command line, which splits at whitespace.
     if (/\s/.test(shareDir)) throw new Error(`shareDir ${JSON.stringify(shareDir)} contains whitespace`);
     await mkdir(shareDir, { recursive: true });
