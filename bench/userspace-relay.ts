@@ -4,8 +4,11 @@
  * throughput, wrk requests/s with keep-alive and with a new connection per request, the p99 latency
  * the proxy adds, and the proxy's resident memory with 1,000 idle relayed connections.
  *
- *   bun bench/userspace-relay.ts [--seconds 4] [--connections 50] [--idle 1000] [--workers N]
+ *   bun bench/userspace-relay.ts [--seconds 2] [--rounds 3] [--connections 50] [--idle 1000] [--threads N]
  *
+ * kproxy runs twice: relaying on its main thread, and on N worker threads sharing each port (N defaults
+ * to the number of CPUs). Each figure is the median of `rounds` runs, the targets taking turns within a
+ * round so that load from elsewhere on the machine hits them alike.
  * Needs iperf3, wrk and haproxy on PATH (or /usr/sbin). Everything it starts is stopped by PID in
  * `finally`.
  */
@@ -15,10 +18,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 const args = parseArgs(process.argv.slice(2));
-const seconds = Number(args["seconds"] ?? 4);
+const seconds = Number(args["seconds"] ?? 2);
+const rounds = Number(args["rounds"] ?? 3);
 const connections = Number(args["connections"] ?? 50);
 const idleConnections = Number(args["idle"] ?? 1000);
-const workers = Number(args["workers"] ?? 0);
+const threads = Number(args["threads"] ?? navigator.hardwareConcurrency);
 const HOST = "127.0.0.1";
 const benchDir = import.meta.dir;
 const bun = process.execPath;
@@ -32,11 +36,11 @@ interface Target {
 }
 
 interface Row {
-  throughputGbps: number;
-  keepAliveRps: number;
-  keepAliveP99Ms: number;
-  newConnRps: number;
-  newConnP99Ms: number;
+  throughputGbps: number[];
+  keepAliveRps: number[];
+  keepAliveP99Ms: number[];
+  newConnRps: number[];
+  newConnP99Ms: number[];
   idleRssMiB: number | undefined;
   baseRssMiB: number | undefined;
 }
@@ -45,6 +49,7 @@ const started: Subprocess[] = [];
 let tempDir: string | undefined;
 
 try {
+  const benchStart = Date.now();
   const http = spawnTracked([bun, join(benchDir, "relay/http-server.ts")]);
   const httpPort = ((await firstJsonLine(http)) as { port: number }).port;
 
@@ -52,10 +57,14 @@ try {
   spawnTracked(["iperf3", "-s", "-B", HOST, "-p", String(iperfPort)]);
   await waitForPort(iperfPort);
 
-  const kproxyArgs = [bun, join(benchDir, "relay/kproxy-relay.ts"), `http=${HOST}:${httpPort}`, `iperf=${HOST}:${iperfPort}`];
-  if (workers > 0) kproxyArgs.push(`--workers=${workers}`);
-  const kproxy = spawnTracked(kproxyArgs);
-  const kproxyPorts = ((await firstJsonLine(kproxy)) as { ports: Record<string, number> }).ports;
+  const kproxyTargets: Target[] = [];
+  for (const n of [0, threads]) {
+    const argv = [bun, join(benchDir, "relay/kproxy-relay.ts"), `http=${HOST}:${httpPort}`, `iperf=${HOST}:${iperfPort}`, `--threads=${n}`];
+    const p = spawnTracked(argv);
+    const ports = ((await firstJsonLine(p)) as { ports: Record<string, number> }).ports;
+    const name = n === 0 ? "kproxy 1 thread" : `kproxy ${n} threads`;
+    kproxyTargets.push({ name, httpPort: req(ports["http"]), iperfPort: req(ports["iperf"]), pid: p.pid });
+  }
 
   tempDir = await mkdtemp(join(tmpdir(), "kproxy-bench-haproxy-"));
   const haHttp = await freePort();
@@ -68,45 +77,42 @@ try {
 
   const targets: Target[] = [
     { name: "direct", httpPort, iperfPort, pid: undefined },
-    { name: "kproxy", httpPort: req(kproxyPorts["http"]), iperfPort: req(kproxyPorts["iperf"]), pid: kproxy.pid },
+    ...kproxyTargets,
     { name: "haproxy", httpPort: haHttp, iperfPort: haIperf, pid: haproxy.pid },
   ];
   const rows = new Map<string, Row>();
   for (const t of targets) {
     rows.set(t.name, {
-      throughputGbps: 0,
-      keepAliveRps: 0,
-      keepAliveP99Ms: 0,
-      newConnRps: 0,
-      newConnP99Ms: 0,
+      throughputGbps: [],
+      keepAliveRps: [],
+      keepAliveP99Ms: [],
+      newConnRps: [],
+      newConnP99Ms: [],
       idleRssMiB: undefined,
       baseRssMiB: undefined,
     });
   }
   const row = (t: Target) => rows.get(t.name) as Row;
 
-  // Each measurement runs over all three targets before the next, so drift hits them alike.
   for (const t of targets) row(t).baseRssMiB = t.pid === undefined ? undefined : rssMiB(t.pid);
-  for (const t of targets) {
-    // Warm up each path once so the first measured target is not the one paying for it.
-    await wrk(t.httpPort, 1, false, 4);
-  }
-  for (const t of targets) row(t).throughputGbps = await iperf(t.iperfPort, seconds);
-  for (const t of targets) {
-    const r = await wrk(t.httpPort, seconds, false, connections);
-    row(t).keepAliveRps = r.rps;
-    row(t).keepAliveP99Ms = r.p99Ms;
-  }
-  for (const t of targets) {
-    const r = await wrk(t.httpPort, seconds, true, connections);
-    row(t).newConnRps = r.rps;
-    row(t).newConnP99Ms = r.p99Ms;
+  // Warm up each path once so the first measured target is not the one paying for it.
+  for (const t of targets) await wrk(t.httpPort, 1, false, 4);
+  for (let r = 0; r < rounds; r++) {
+    for (const t of targets) row(t).throughputGbps.push(await iperf(t.iperfPort, seconds));
+    for (const t of targets) {
+      const k = await wrk(t.httpPort, seconds, false, connections);
+      row(t).keepAliveRps.push(k.rps);
+      row(t).keepAliveP99Ms.push(k.p99Ms);
+      const c = await wrk(t.httpPort, seconds, true, connections);
+      row(t).newConnRps.push(c.rps);
+      row(t).newConnP99Ms.push(c.p99Ms);
+    }
   }
   for (const t of targets) {
     if (t.pid === undefined) continue;
     row(t).idleRssMiB = await rssWithIdleConnections(t.httpPort, t.pid, idleConnections);
   }
-  printTable(targets, rows);
+  printTable(targets, rows, (Date.now() - benchStart) / 1000);
 } finally {
   for (const p of started.reverse()) {
     try {
@@ -128,28 +134,60 @@ try {
   if (tempDir) await rm(tempDir, { recursive: true, force: true });
 }
 
-function printTable(targets: Target[], rows: Map<string, Row>): void {
-  const d = rows.get("direct") as Row;
-  const k = rows.get("kproxy") as Row;
-  const h = rows.get("haproxy") as Row;
+function median(xs: readonly number[]): number {
+  if (xs.length === 0) return 0;
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
+}
+
+function printTable(targets: Target[], rows: Map<string, Row>, elapsedS: number): void {
+  const get = (name: string) => rows.get(name) as Row;
+  const d = get("direct");
+  const h = get("haproxy");
+  const kNames = targets.map((t) => t.name).filter((n) => n.startsWith("kproxy"));
+  const all = targets.map((t) => get(t.name));
   const ratio = (a: number, b: number) => (b > 0 ? `${(a / b).toFixed(2)}×` : "-");
+  const ratios = (pick: (r: Row) => number) => kNames.flatMap((n) => [ratio(pick(get(n)), pick(h)), ratio(pick(get(n)), pick(d))]);
+  const blank = kNames.flatMap(() => ["", ""]);
+  const tp = (r: Row) => median(r.throughputGbps);
+  const ka = (r: Row) => median(r.keepAliveRps);
+  const nc = (r: Row) => median(r.newConnRps);
+  const kaP99 = (r: Row) => median(r.keepAliveP99Ms);
+  const ncP99 = (r: Row) => median(r.newConnP99Ms);
   const lines: string[][] = [
-    ["metric", ...targets.map((t) => t.name), "kproxy/haproxy", "kproxy/direct"],
-    ["iperf3 throughput (Gbit/s)", ...[d, k, h].map((r) => r.throughputGbps.toFixed(1)), ratio(k.throughputGbps, h.throughputGbps), ratio(k.throughputGbps, d.throughputGbps)],
-    ["wrk keep-alive (req/s)", ...[d, k, h].map((r) => fmtK(r.keepAliveRps)), ratio(k.keepAliveRps, h.keepAliveRps), ratio(k.keepAliveRps, d.keepAliveRps)],
-    ["wrk new conn/request (req/s)", ...[d, k, h].map((r) => fmtK(r.newConnRps)), ratio(k.newConnRps, h.newConnRps), ratio(k.newConnRps, d.newConnRps)],
-    ["keep-alive p99 (ms)", ...[d, k, h].map((r) => r.keepAliveP99Ms.toFixed(2)), "", ""],
-    ["added keep-alive p99 (ms)", "-", ...[k, h].map((r) => (r.keepAliveP99Ms - d.keepAliveP99Ms).toFixed(2)), "", ""],
-    ["added new-conn p99 (ms)", "-", ...[k, h].map((r) => (r.newConnP99Ms - d.newConnP99Ms).toFixed(2)), "", ""],
-    ["RSS idle (MiB)", "-", ...[k, h].map((r) => fmtMiB(r.baseRssMiB)), "", ""],
-    [`RSS with ${idleConnections} idle conns (MiB)`, "-", ...[k, h].map((r) => fmtMiB(r.idleRssMiB)), ratio(k.idleRssMiB ?? 0, h.idleRssMiB ?? 0), ""],
+    ["metric (median)", ...targets.map((t) => t.name), ...kNames.flatMap((n) => [`${n} / haproxy`, `${n} / direct`])],
+    ["iperf3 throughput (Gbit/s)", ...all.map((r) => tp(r).toFixed(1)), ...ratios(tp)],
+    ["wrk keep-alive (req/s)", ...all.map((r) => fmtK(ka(r))), ...ratios(ka)],
+    ["wrk new conn per request (req/s)", ...all.map((r) => fmtK(nc(r))), ...ratios(nc)],
+    ["added p99, keep-alive (ms)", ...all.map((r) => (r === d ? "-" : (kaP99(r) - kaP99(d)).toFixed(2))), ...blank],
+    ["added p99, new conn (ms)", ...all.map((r) => (r === d ? "-" : (ncP99(r) - ncP99(d)).toFixed(2))), ...blank],
+    ["RSS at rest (MiB)", ...all.map((r) => fmtMiB(r.baseRssMiB)), ...blank],
+    [
+      `RSS, ${idleConnections} idle conns (MiB)`,
+      ...all.map((r) => fmtMiB(r.idleRssMiB)),
+      ...kNames.flatMap((n) => [ratio(get(n).idleRssMiB ?? 0, h.idleRssMiB ?? 0), ""]),
+    ],
   ];
   const widths = lines[0]!.map((_, i) => Math.max(...lines.map((l) => (l[i] ?? "").length)));
   const fmt = (l: string[]) => "| " + l.map((c, i) => c.padEnd(widths[i] ?? 0)).join(" | ") + " |";
-  console.log(`\nuserspace relay, loopback, ${navigator.hardwareConcurrency} cores, ${seconds} s per run, ${connections} wrk connections${workers > 0 ? `, kproxy workers ${workers}` : ""}`);
+  console.log(
+    `\nuserspace relay, loopback, ${navigator.hardwareConcurrency} cores; median of ${rounds} rounds of ${seconds} s; ` +
+      `wrk ${connections} connections; HAProxy ${haproxyVersion()}; ${elapsedS.toFixed(0)} s in all`,
+  );
   console.log(fmt(lines[0]!));
   console.log("|" + widths.map((w) => "-".repeat(w + 2)).join("|") + "|");
   for (const l of lines.slice(1)) console.log(fmt(l));
+  console.log("\nraw runs (Gbit/s | keep-alive req/s | new-conn req/s):");
+  for (const t of targets) {
+    const r = get(t.name);
+    console.log(`  ${t.name}: ${r.throughputGbps.map((x) => x.toFixed(1)).join(" ")} | ${r.keepAliveRps.map(fmtK).join(" ")} | ${r.newConnRps.map(fmtK).join(" ")}`);
+  }
+}
+
+function haproxyVersion(): string {
+  const out = Bun.spawnSync([findHaproxy(), "-v"]).stdout.toString();
+  return /version (\S+)/.exec(out)?.[1] ?? "?";
 }
 
 function fmtK(n: number): string {

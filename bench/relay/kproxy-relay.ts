@@ -1,24 +1,42 @@
 /**
- * kproxy's TCP relay as its own process, so the benchmark can read its CPU and resident memory apart
- * from the load generators. Arguments: `name=ip:port` per service. Prints `{"ports":{name:port}}`.
+ * kproxy's TCP relay as its own process, so the benchmark can read its resident memory apart from the
+ * load generators. Arguments: `name=ip:port` per service, and `--threads=N` to relay on N worker
+ * threads sharing each port (0, the default, relays on the main thread). Prints `{"ports":{name:port}}`.
  */
-import { LoadBalancer, startTcpRelay } from "../../src/backends/userspace/index.ts";
-import type { TcpRelay } from "../../src/backends/userspace/index.ts";
+import { LoadBalancer, startTcpRelay, TcpRelayWorkers } from "../../src/backends/userspace/index.ts";
+import type { ProxySocket } from "../../src/backends/userspace/index.ts";
 
-const balancer = new LoadBalancer();
-const ports: Record<string, number> = {};
-const relays: TcpRelay[] = [];
+let threads = 0;
+const services: [string, string][] = [];
 for (const arg of process.argv.slice(2)) {
+  if (arg.startsWith("--threads=")) {
+    threads = Number(arg.slice("--threads=".length));
+    continue;
+  }
   const eq = arg.indexOf("=");
   if (eq <= 0) throw new Error(`expected name=ip:port, got ${arg}`);
-  const name = arg.slice(0, eq);
-  balancer.update(name, [arg.slice(eq + 1)]);
-  const relay = startTcpRelay({ serviceKey: name, host: "127.0.0.1", port: 0, chooser: balancer });
+  services.push([arg.slice(0, eq), arg.slice(eq + 1)]);
+}
+
+const ports: Record<string, number> = {};
+const relays: ProxySocket[] = [];
+const pool = threads > 0 ? TcpRelayWorkers.start({ threads }) : undefined;
+const balancer = new LoadBalancer();
+for (const [name, endpoint] of services) {
+  let relay: ProxySocket;
+  if (pool) {
+    pool.update(name, [endpoint]);
+    relay = await pool.listen({ serviceKey: name, host: "127.0.0.1", port: 0 });
+  } else {
+    balancer.update(name, [endpoint]);
+    relay = startTcpRelay({ serviceKey: name, host: "127.0.0.1", port: 0, chooser: balancer });
+  }
   relays.push(relay);
   ports[name] = relay.port;
 }
 process.stdout.write(JSON.stringify({ ports }) + "\n");
 process.on("SIGTERM", async () => {
   for (const r of relays) await r.close({ closeActive: true });
+  await pool?.close();
   process.exit(0);
 });

@@ -6,3 +6,6 @@ export { startTcpRelay } from "./tcp-relay.ts";
 export type { TcpRelay, TcpRelayOptions } from "./tcp-relay.ts";
 export { DEFAULT_UDP_IDLE_TIMEOUT_MS, startUdpRelay } from "./udp-relay.ts";
 export type { UdpRelay, UdpRelayOptions } from "./udp-relay.ts";
+export { TcpRelayWorkers } from "./relay-workers.ts";
+export type { RelayWorkersOptions, WorkerListenOptions } from "./relay-workers.ts";
+export { Stat, STAT_SLOTS, statsFrom, sumStats } from "./proxy-socket.ts";

@@ -16,6 +16,11 @@ export interface EndpointChooser {
    * client's sticky endpoint is ignored and replaced.
    */
   nextEndpoint(serviceKey: string, clientIP: string, sessionAffinityReset: boolean): string | undefined;
+  /**
+   * Whether choices for this service depend on the client IP. When not, relays pass "" and save the
+   * getpeername(2) per connection that reading the address costs.
+   */
+  usesClientIP(serviceKey: string): boolean;
 }
 
 interface Sticky {
@@ -86,6 +91,10 @@ export class LoadBalancer implements EndpointChooser {
   /** The current endpoints of a service port in balancing order (a copy). */
   endpoints(serviceKey: string): string[] {
     return [...(this.services.get(serviceKey)?.endpoints ?? [])];
+  }
+
+  usesClientIP(serviceKey: string): boolean {
+    return this.services.get(serviceKey)?.affinity.type === "ClientIP";
   }
 
   nextEndpoint(serviceKey: string, clientIP: string, sessionAffinityReset: boolean): string | undefined {

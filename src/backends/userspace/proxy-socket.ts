@@ -20,6 +20,40 @@ export interface RelayStats {
   readonly bufferedBytes: number;
 }
 
+/**
+ * Slots of a relay's counter array. A relay keeps its counters in a Float64Array so that one living in
+ * a worker thread can write them straight into shared memory the owning thread reads.
+ */
+export const Stat = {
+  active: 0,
+  total: 1,
+  bytesToEndpoints: 2,
+  bytesToClients: 3,
+  dialFailures: 4,
+  rejected: 5,
+  bufferedBytes: 6,
+} as const;
+export const STAT_SLOTS = 7;
+
+export function statsFrom(c: Float64Array, offset = 0): RelayStats {
+  return {
+    active: c[offset + Stat.active] ?? 0,
+    total: c[offset + Stat.total] ?? 0,
+    bytesToEndpoints: c[offset + Stat.bytesToEndpoints] ?? 0,
+    bytesToClients: c[offset + Stat.bytesToClients] ?? 0,
+    dialFailures: c[offset + Stat.dialFailures] ?? 0,
+    rejected: c[offset + Stat.rejected] ?? 0,
+    bufferedBytes: c[offset + Stat.bufferedBytes] ?? 0,
+  };
+}
+
+/** Adds counters of several relays (the threads sharing one port). */
+export function sumStats(all: readonly RelayStats[]): RelayStats {
+  const out = { active: 0, total: 0, bytesToEndpoints: 0, bytesToClients: 0, dialFailures: 0, rejected: 0, bufferedBytes: 0 };
+  for (const s of all) for (const k of Object.keys(out) as (keyof RelayStats)[]) out[k] += s[k];
+  return out;
+}
+
 export interface CloseOptions {
   /** Also cut the relayed connections (TCP) / backend sockets (UDP); otherwise they run to their end. */
   readonly closeActive?: boolean;

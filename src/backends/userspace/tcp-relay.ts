@@ -2,7 +2,7 @@ import type { Socket, SocketHandler, TCPSocketListener, TCPSocketListenOptions }
 import type { Logger } from "../../log.ts";
 import type { EndpointChooser } from "./load-balancer.ts";
 import type { CloseOptions, ProxySocket, RelayStats } from "./proxy-socket.ts";
-import { clientIPOf, ENDPOINT_DIAL_TIMEOUTS_MS, splitHostPort } from "./proxy-socket.ts";
+import { clientIPOf, ENDPOINT_DIAL_TIMEOUTS_MS, splitHostPort, Stat, STAT_SLOTS, statsFrom } from "./proxy-socket.ts";
 
 export interface TcpRelayOptions {
   readonly serviceKey: string;
@@ -17,6 +17,8 @@ export interface TcpRelayOptions {
   readonly reusePort?: boolean;
   /** Bytes a client may send while its endpoint is still being dialled before it is paused. */
   readonly connectBufferBytes?: number;
+  /** Where to keep the counters (STAT_SLOTS long, see `Stat`); a view into shared memory for workers. */
+  readonly counters?: Float64Array;
 }
 
 export interface TcpRelay extends ProxySocket {
@@ -66,9 +68,17 @@ class Connection {
   }
 }
 
+function dropQueue(h: Half): void {
+  h.conn.relay.counters[Stat.bufferedBytes]! -= h.queued;
+  h.queue = [];
+  h.queued = 0;
+}
+
 function enqueue(h: Half, chunk: Uint8Array): void {
-  // The chunk may be a view into a buffer the runtime reuses for the next read; keep our own copy.
-  h.queue.push(chunk.slice());
+  h.conn.relay.counters[Stat.bufferedBytes]! += chunk.byteLength;
+  // Each `data` call gets a fresh buffer (the runtime copies out of its receive buffer), so holding a
+  // view is safe and saves a copy on the backpressure path.
+  h.queue.push(chunk);
   h.queued += chunk.byteLength;
 }
 
@@ -80,12 +90,12 @@ function flush(h: Half): boolean {
     const chunk = h.queue[0] as Uint8Array;
     const n = s.write(chunk);
     if (n < 0) {
-      h.queue = [];
-      h.queued = 0;
+      dropQueue(h);
       return true;
     }
     h.conn.relay.countOut(h, n);
     h.queued -= n;
+    h.conn.relay.counters[Stat.bufferedBytes]! -= n;
     if (n < chunk.byteLength) {
       h.queue[0] = chunk.subarray(n);
       return false;
@@ -165,8 +175,7 @@ function onClose(s: Socket<Half>, error?: Error): void {
   const h = s.data;
   if (h.closed) return;
   h.closed = true;
-  h.queue = [];
-  h.queued = 0;
+  dropQueue(h);
   const conn = h.conn;
   const peer = h.peer;
   if (peer.closed || peer.abandoned) {
@@ -180,8 +189,7 @@ function onClose(s: Socket<Half>, error?: Error): void {
   }
   if (error !== undefined) {
     // A reset is passed on as a reset.
-    peer.queue = [];
-    peer.queued = 0;
+    dropQueue(peer);
     peer.socket.terminate();
     return;
   }
@@ -249,11 +257,7 @@ class Relay implements TcpRelay {
   readonly connectBufferBytes: number;
   private listener: TCPSocketListener<Half> | undefined;
   private readonly connections = new Set<Connection>();
-  private total = 0;
-  private toEndpoints = 0;
-  private toClients = 0;
-  private dialFailures = 0;
-  private rejected = 0;
+  readonly counters: Float64Array;
 
   constructor(options: TcpRelayOptions) {
     this.serviceKey = options.serviceKey;
@@ -262,6 +266,7 @@ class Relay implements TcpRelay {
     this.logger = options.logger;
     this.dialTimeoutsMs = options.dialTimeoutsMs ?? ENDPOINT_DIAL_TIMEOUTS_MS;
     this.connectBufferBytes = options.connectBufferBytes ?? 256 * 1024;
+    this.counters = options.counters ?? new Float64Array(STAT_SLOTS);
   }
 
   listen(port: number, reusePort: boolean): void {
@@ -281,11 +286,12 @@ class Relay implements TcpRelay {
   }
 
   private accept(s: Socket<Half>): void {
-    const conn = new Connection(this, clientIPOf(s.remoteAddress));
+    const conn = new Connection(this, this.chooser.usesClientIP(this.serviceKey) ? clientIPOf(s.remoteAddress) : "");
     conn.client.socket = s;
     s.data = conn.client;
     this.connections.add(conn);
-    this.total++;
+    this.counters[Stat.active] = this.connections.size;
+    this.counters[Stat.total]!++;
     this.dial(conn, false);
   }
 
@@ -333,7 +339,7 @@ class Relay implements TcpRelay {
   }
 
   dialFailed(conn: Connection, error: Error): void {
-    this.dialFailures++;
+    this.counters[Stat.dialFailures]!++;
     clearDialTimer(conn);
     this.logger?.debug(2, "dial failed", { service: this.serviceKey, client: conn.clientIP, err: error });
     if (conn.client.closed) {
@@ -344,7 +350,7 @@ class Relay implements TcpRelay {
   }
 
   private reject(conn: Connection, why: string): void {
-    this.rejected++;
+    this.counters[Stat.rejected]!++;
     this.logger?.debug(2, "connection rejected", { service: this.serviceKey, client: conn.clientIP, reason: why });
     conn.backend.abandoned = true;
     conn.client.socket?.terminate();
@@ -355,25 +361,21 @@ class Relay implements TcpRelay {
     if (conn.done) return;
     conn.done = true;
     this.connections.delete(conn);
+    this.counters[Stat.active] = this.connections.size;
+    // A connection cut before its queues drained leaves nothing buffered behind.
+    if (conn.client.queued + conn.backend.queued > 0) {
+      dropQueue(conn.client);
+      dropQueue(conn.backend);
+    }
   }
 
   countOut(h: Half, n: number): void {
-    if (h === h.conn.client) this.toClients += n;
-    else this.toEndpoints += n;
+    if (h === h.conn.client) this.counters[Stat.bytesToClients]! += n;
+    else this.counters[Stat.bytesToEndpoints]! += n;
   }
 
   stats(): RelayStats {
-    let buffered = 0;
-    for (const c of this.connections) buffered += c.client.queued + c.backend.queued;
-    return {
-      bufferedBytes: buffered,
-      active: this.connections.size,
-      total: this.total,
-      bytesToEndpoints: this.toEndpoints,
-      bytesToClients: this.toClients,
-      dialFailures: this.dialFailures,
-      rejected: this.rejected,
-    };
+    return statsFrom(this.counters);
   }
 
   async close(options: CloseOptions = {}): Promise<void> {

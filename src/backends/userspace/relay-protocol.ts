@@ -1,0 +1,22 @@
+import type { SessionAffinity } from "../../model/types.ts";
+
+/** Messages from the owning thread to a relay thread. */
+export type WorkerRequest =
+  | { readonly op: "update"; readonly serviceKey: string; readonly endpoints: readonly string[]; readonly affinity: SessionAffinity }
+  | { readonly op: "remove"; readonly serviceKey: string }
+  | {
+      readonly op: "listen";
+      readonly id: number;
+      readonly serviceKey: string;
+      readonly host: string;
+      readonly port: number;
+      readonly reusePort: boolean;
+      readonly dialTimeoutsMs: readonly number[];
+      /** Shared counters of this listener; this thread writes slot `slot`. */
+      readonly counters: SharedArrayBuffer;
+      readonly slot: number;
+    }
+  | { readonly op: "close"; readonly id: number; readonly serviceKey: string; readonly closeActive: boolean };
+
+/** Answers to `listen` and `close`. */
+export type WorkerReply = { readonly id: number; readonly port?: number; readonly error?: string };

@@ -1,0 +1,56 @@
+/**
+ * Entry point of one relay thread. It keeps its own copy of the balancing state (the owner sends every
+ * endpoint change to all threads) and its own TCP listeners, which share their ports with the other
+ * threads' through SO_REUSEPORT; the kernel spreads new connections over them.
+ */
+import { LoadBalancer } from "./load-balancer.ts";
+import { STAT_SLOTS } from "./proxy-socket.ts";
+import { startTcpRelay } from "./tcp-relay.ts";
+import type { TcpRelay } from "./tcp-relay.ts";
+import type { WorkerReply, WorkerRequest } from "./relay-protocol.ts";
+
+declare const self: Worker;
+
+const balancer = new LoadBalancer();
+const relays = new Map<string, TcpRelay>();
+
+function reply(message: WorkerReply): void {
+  self.postMessage(message);
+}
+
+self.onmessage = async (event: MessageEvent<WorkerRequest>) => {
+  const m = event.data;
+  switch (m.op) {
+    case "update":
+      balancer.update(m.serviceKey, m.endpoints, m.affinity);
+      return;
+    case "remove":
+      balancer.remove(m.serviceKey);
+      return;
+    case "listen":
+      try {
+        relays.get(m.serviceKey)?.close({ closeActive: true });
+        const relay = startTcpRelay({
+          serviceKey: m.serviceKey,
+          host: m.host,
+          port: m.port,
+          chooser: balancer,
+          reusePort: m.reusePort,
+          dialTimeoutsMs: m.dialTimeoutsMs,
+          counters: new Float64Array(m.counters, m.slot * STAT_SLOTS * 8, STAT_SLOTS),
+        });
+        relays.set(m.serviceKey, relay);
+        reply({ id: m.id, port: relay.port });
+      } catch (err) {
+        reply({ id: m.id, error: err instanceof Error ? err.message : String(err) });
+      }
+      return;
+    case "close": {
+      const relay = relays.get(m.serviceKey);
+      relays.delete(m.serviceKey);
+      await relay?.close({ closeActive: m.closeActive });
+      reply({ id: m.id });
+      return;
+    }
+  }
+};

@@ -1,0 +1,150 @@
+import type { Logger } from "../../log.ts";
+import type { SessionAffinity } from "../../model/types.ts";
+import type { CloseOptions, RelayStats } from "./proxy-socket.ts";
+import { ENDPOINT_DIAL_TIMEOUTS_MS, STAT_SLOTS, statsFrom, sumStats } from "./proxy-socket.ts";
+import type { WorkerReply, WorkerRequest } from "./relay-protocol.ts";
+import type { TcpRelay } from "./tcp-relay.ts";
+
+export interface RelayWorkersOptions {
+  /** Relay threads; defaults to the number of CPUs. */
+  readonly threads?: number;
+  /** The worker entry; defaults to relay-worker.ts next to this module. */
+  readonly workerUrl?: string | URL;
+  readonly dialTimeoutsMs?: readonly number[];
+  readonly logger?: Logger;
+}
+
+export interface WorkerListenOptions {
+  readonly serviceKey: string;
+  readonly host: string;
+  /** 0 lets the kernel choose. */
+  readonly port: number;
+  /**
+   * How many threads accept on this port; all by default. Give 1 for ClientIP affinity: the kernel
+   * spreads connections by their 4-tuple, so one client's connections would meet different threads,
+   * each with its own affinity table.
+   */
+  readonly threads?: number;
+}
+
+/**
+ * TCP relays spread over worker threads so the relay uses every core. Each thread balances with its
+ * own copy of the endpoints (round robin per thread, which sums to an even spread); `update` and
+ * `remove` go to all threads at once, so a change applies to the next connection on every thread.
+ */
+export class TcpRelayWorkers {
+  private readonly workers: Worker[] = [];
+  private readonly pending = new Map<number, (reply: WorkerReply) => void>();
+  private nextId = 1;
+  private readonly dialTimeoutsMs: readonly number[];
+  private readonly logger: Logger | undefined;
+  private closed = false;
+
+  private constructor(options: RelayWorkersOptions) {
+    this.dialTimeoutsMs = options.dialTimeoutsMs ?? ENDPOINT_DIAL_TIMEOUTS_MS;
+    this.logger = options.logger;
+    const threads = Math.max(1, options.threads ?? navigator.hardwareConcurrency);
+    const url = options.workerUrl ?? new URL("./relay-worker.ts", import.meta.url).href;
+    for (let i = 0; i < threads; i++) {
+      const w = new Worker(url);
+      w.onmessage = (ev: MessageEvent<WorkerReply>) => {
+        const p = this.pending.get(ev.data.id);
+        this.pending.delete(ev.data.id);
+        p?.(ev.data);
+      };
+      w.onerror = (ev) => this.logger?.error("relay thread failed", { thread: i, err: ev.message });
+      this.workers.push(w);
+    }
+  }
+
+  static start(options: RelayWorkersOptions = {}): TcpRelayWorkers {
+    return new TcpRelayWorkers(options);
+  }
+
+  get threads(): number {
+    return this.workers.length;
+  }
+
+  update(serviceKey: string, endpoints: readonly string[], affinity: SessionAffinity = { type: "None" }): void {
+    this.broadcast({ op: "update", serviceKey, endpoints: [...endpoints], affinity });
+  }
+
+  remove(serviceKey: string): void {
+    this.broadcast({ op: "remove", serviceKey });
+  }
+
+  /** Opens the service port on `threads` threads; resolves once every one of them listens. */
+  async listen(options: WorkerListenOptions): Promise<TcpRelay> {
+    const threads = Math.min(this.workers.length, Math.max(1, options.threads ?? this.workers.length));
+    const counters = new SharedArrayBuffer(threads * STAT_SLOTS * 8);
+    const used = this.workers.slice(0, threads);
+    const reusePort = threads > 1;
+    // The first thread binds (and learns the port when 0 was asked for); the others join that port.
+    const first = await this.request(used[0] as Worker, (id) => ({
+      op: "listen",
+      id,
+      serviceKey: options.serviceKey,
+      host: options.host,
+      port: options.port,
+      reusePort,
+      dialTimeoutsMs: this.dialTimeoutsMs,
+      counters,
+      slot: 0,
+    }));
+    if (first.error !== undefined || first.port === undefined) throw new Error(`listen ${options.host}:${options.port}: ${first.error}`);
+    const port = first.port;
+    const rest = await Promise.all(
+      used.slice(1).map((w, i) =>
+        this.request(w, (id) => ({
+          op: "listen",
+          id,
+          serviceKey: options.serviceKey,
+          host: options.host,
+          port,
+          reusePort,
+          dialTimeoutsMs: this.dialTimeoutsMs,
+          counters,
+          slot: i + 1,
+        })),
+      ),
+    );
+    const failed = rest.find((r) => r.error !== undefined);
+    const closeAll = (closeActive: boolean) =>
+      Promise.all(used.map((w) => this.request(w, (id) => ({ op: "close", id, serviceKey: options.serviceKey, closeActive })))).then(() => {});
+    if (failed) {
+      await closeAll(true);
+      throw new Error(`listen ${options.host}:${port} on all threads: ${failed.error}`);
+    }
+    const view = new Float64Array(counters);
+    return {
+      protocol: "TCP",
+      serviceKey: options.serviceKey,
+      host: options.host,
+      port,
+      stats: (): RelayStats => sumStats(used.map((_, i) => statsFrom(view, i * STAT_SLOTS))),
+      close: (opts: CloseOptions = {}) => closeAll(opts.closeActive ?? false),
+    };
+  }
+
+  /** Stops every thread (and with them their listeners and connections). */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const w of this.workers) w.terminate();
+    for (const p of this.pending.values()) p({ id: 0, error: "relay threads stopped" });
+    this.pending.clear();
+  }
+
+  private broadcast(m: WorkerRequest): void {
+    for (const w of this.workers) w.postMessage(m);
+  }
+
+  private request(w: Worker, make: (id: number) => WorkerRequest): Promise<WorkerReply> {
+    if (this.closed) return Promise.resolve({ id: 0, error: "relay threads stopped" });
+    const id = this.nextId++;
+    return new Promise<WorkerReply>((resolve) => {
+      this.pending.set(id, resolve);
+      w.postMessage(make(id));
+    });
+  }
+}
