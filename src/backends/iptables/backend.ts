@@ -5,8 +5,10 @@
  * A full sync rewrites every kproxy chain and deletes per-service chains no longer wanted; a partial
  * sync rewrites only the changed service ports' chains plus the top-level ones. A sync is full when
  * the loop asks for it, after any failure, and when a canary chain is gone (someone flushed the
- * tables, taking the jump rules with them). The jump rules from built-in chains are ensured with
- * `-C`/`-I` on every full sync, so restarts never duplicate them and a flush is repaired.
+ * tables, taking the jump rules with them). The canaries are checked at the start of every sync
+ * (three `-S` calls in parallel, a few ms); the jump rules from built-in chains are ensured with
+ * `-C`/`-I` at start, after a failure and when a canary is gone, so restarts never duplicate them
+ * and a flush is repaired by the next sync.
  *
  * A failed restore changes nothing (iptables-restore commits a table atomically): the error is
  * counted and thrown, the loop retries with a full sync, and the previous rules keep working.
@@ -251,12 +253,16 @@ export class IptablesBackend implements Backend {
     }
     if (errors.length > 0) throw new Error(`iptables sync failed (${errors.join("; ")})`);
 
-    const ops = staleConntrackOps(this.applied, snapshot, {
-      categorize: this.categorize,
-      ...(partial && this.applied ? { keys: changes.changed } : {}),
-    });
+    // The first sync after a start has nothing to compare with: flushing every UDP service's flows
+    // then would break healthy ones on each restart (the rules were kept; so are the flows).
+    if (this.applied) {
+      const ops = staleConntrackOps(this.applied, snapshot, {
+        categorize: this.categorize,
+        ...(partial ? { keys: changes.changed } : {}),
+      });
+      if (ops.length > 0) await clearStaleConntrack(this.conntrack, ops, this.options.logger);
+    }
     this.applied = snapshot;
-    if (ops.length > 0) await clearStaleConntrack(this.conntrack, ops, this.options.logger);
 
     const health = this.options.serviceHealth;
     if (health) {
@@ -299,13 +305,14 @@ export class IptablesBackend implements Backend {
     options: RuleOptions,
   ): Promise<{ filter: number; nat: number; partial: boolean }> {
     const { logger, metrics } = this.options;
-    if (state.ready && !changes.full && !(await this.canaryPresent(state))) {
+    if (state.ready && !(await this.canaryPresent(state))) {
       logger.warn("kproxy's canary chain is gone (the tables were flushed); rewriting every rule", { family: state.family });
       state.ready = false;
       state.natChains = undefined;
     }
     const partial = !changes.full && state.ready && state.natChains !== undefined;
-    if (!partial) await this.ensureBase(state, options);
+    // Jumps live in chains anyone may flush; the canary going with them is what says so.
+    if (!state.ready) await this.ensureBase(state, options);
     const existing = state.natChains ?? (await state.iptables.chains("nat"));
 
     const context: GenerateContext = partial

@@ -173,6 +173,9 @@ describe("IptablesBackend", () => {
     await backend.sync(snap, full);
     expect(verbs(exec, "-I")).toHaveLength(0);
     expect(verbs(exec, "-N")).toHaveLength(0);
+    // A periodic full sync only looks at the canaries; the jumps are known to be there.
+    expect(verbs(exec, "-C")).toHaveLength(0);
+    expect(verbs(exec, "-S")).toHaveLength(3);
 
     exec.clear();
     const restarted = makeBackend(exec).backend;
@@ -242,6 +245,16 @@ describe("IptablesBackend", () => {
     expect(exec.restores()[0]).toContain("10.244.1.20:8443");
   });
 
+  test("a periodic full sync after a flush restores the jumps too", async () => {
+    const exec = new FakeIptables();
+    const { backend } = makeBackend(exec);
+    await backend.sync(world([[web, webEps]]), full);
+    exec.tables.get("iptables-legacy/nat")?.set("PREROUTING", []);
+    exec.deleteChain("iptables-legacy", "nat", "KUBE-PROXY-CANARY");
+    await backend.sync(world([[web, webEps]]), full);
+    expect(exec.tables.get("iptables-legacy/nat")?.get("PREROUTING")).toHaveLength(1);
+  });
+
   test("a removed service's chains are deleted by the next full sync", async () => {
     const exec = new FakeIptables();
     const { backend } = makeBackend(exec);
@@ -296,6 +309,13 @@ describe("IptablesBackend", () => {
     exec.clear();
     await backend.sync(world([[web, [endpoint("10.244.1.10", 8080)]], [dns, [endpoint("10.244.1.11", 5353)]]]), partialOf(web.key));
     expect(cleared()).toEqual([]);
+  });
+
+  test("the first sync after a start leaves conntrack alone: the kept rules still match the flows", async () => {
+    const exec = new FakeIptables();
+    const { backend } = makeBackend(exec);
+    await backend.sync(world([[dns, [endpoint("10.244.1.10", 5353)]]]), full);
+    expect(exec.calls.filter((c) => c.argv[0] === "conntrack")).toEqual([]);
   });
 
   test("health check node ports follow the services and their local endpoint counts", async () => {
