@@ -41,6 +41,9 @@ interface Row {
   keepAliveP99Ms: number[];
   newConnRps: number[];
   newConnP99Ms: number[];
+  /** One connection, one request at a time: the latency a hop adds without queueing behind others. */
+  singleP99Ms: number[];
+  singleP50Ms: number[];
   idleRssMiB: number | undefined;
   baseRssMiB: number | undefined;
 }
@@ -88,6 +91,8 @@ try {
       keepAliveP99Ms: [],
       newConnRps: [],
       newConnP99Ms: [],
+      singleP99Ms: [],
+      singleP50Ms: [],
       idleRssMiB: undefined,
       baseRssMiB: undefined,
     });
@@ -106,6 +111,9 @@ try {
       const c = await wrk(t.httpPort, seconds, true, connections);
       row(t).newConnRps.push(c.rps);
       row(t).newConnP99Ms.push(c.p99Ms);
+      const one = await wrk(t.httpPort, seconds, false, 1);
+      row(t).singleP99Ms.push(one.p99Ms);
+      row(t).singleP50Ms.push(one.p50Ms);
     }
   }
   for (const t of targets) {
@@ -155,13 +163,17 @@ function printTable(targets: Target[], rows: Map<string, Row>, elapsedS: number)
   const nc = (r: Row) => median(r.newConnRps);
   const kaP99 = (r: Row) => median(r.keepAliveP99Ms);
   const ncP99 = (r: Row) => median(r.newConnP99Ms);
+  const p99One = (r: Row) => median(r.singleP99Ms);
+  const p50One = (r: Row) => median(r.singleP50Ms);
   const lines: string[][] = [
     ["metric (median)", ...targets.map((t) => t.name), ...kNames.flatMap((n) => [`${n} / haproxy`, `${n} / direct`])],
     ["iperf3 throughput (Gbit/s)", ...all.map((r) => tp(r).toFixed(1)), ...ratios(tp)],
     ["wrk keep-alive (req/s)", ...all.map((r) => fmtK(ka(r))), ...ratios(ka)],
     ["wrk new conn per request (req/s)", ...all.map((r) => fmtK(nc(r))), ...ratios(nc)],
-    ["added p99, keep-alive (ms)", ...all.map((r) => (r === d ? "-" : (kaP99(r) - kaP99(d)).toFixed(2))), ...blank],
-    ["added p99, new conn (ms)", ...all.map((r) => (r === d ? "-" : (ncP99(r) - ncP99(d)).toFixed(2))), ...blank],
+    ["p50 / p99, 1 conn serial (µs)", ...all.map((r) => `${(1000 * p50One(r)).toFixed(0)} / ${(1000 * p99One(r)).toFixed(0)}`), ...blank],
+    ["added p99, 1 conn serial (µs)", ...all.map((r) => (r === d ? "-" : (1000 * (p99One(r) - p99One(d))).toFixed(0))), ...blank],
+    [`added p99, ${connections} conns keep-alive (ms)`, ...all.map((r) => (r === d ? "-" : (kaP99(r) - kaP99(d)).toFixed(2))), ...blank],
+    [`added p99, ${connections} conns new conn (ms)`, ...all.map((r) => (r === d ? "-" : (ncP99(r) - ncP99(d)).toFixed(2))), ...blank],
     ["RSS at rest (MiB)", ...all.map((r) => fmtMiB(r.baseRssMiB)), ...blank],
     [
       `RSS, ${idleConnections} idle conns (MiB)`,
@@ -206,16 +218,17 @@ async function iperf(port: number, secs: number): Promise<number> {
   return bps / 1e9;
 }
 
-async function wrk(port: number, secs: number, newConnection: boolean, conns: number): Promise<{ rps: number; p99Ms: number }> {
-  const argv = ["wrk", "-t", "2", "-c", String(conns), "-d", `${secs}s`, "--latency"];
+async function wrk(port: number, secs: number, newConnection: boolean, conns: number): Promise<{ rps: number; p99Ms: number; p50Ms: number }> {
+  const argv = ["wrk", "-t", String(Math.min(2, conns)), "-c", String(conns), "-d", `${secs}s`, "--latency"];
   if (newConnection) argv.push("-H", "Connection: close");
   argv.push(`http://${HOST}:${port}/`);
   const out = await run(argv);
   const rps = /Requests\/sec:\s+([\d.]+)/.exec(out);
   const p99 = /^\s+99%\s+([\d.]+)(us|ms|s)\s*$/m.exec(out);
-  if (!rps || !p99) throw new Error(`cannot parse wrk output:\n${out}`);
-  const unit = p99[2] === "us" ? 0.001 : p99[2] === "ms" ? 1 : 1000;
-  return { rps: Number(rps[1]), p99Ms: Number(p99[1]) * unit };
+  const p50 = /^\s+50%\s+([\d.]+)(us|ms|s)\s*$/m.exec(out);
+  if (!rps || !p99 || !p50) throw new Error(`cannot parse wrk output:\n${out}`);
+  const ms = (m: RegExpExecArray) => Number(m[1]) * (m[2] === "us" ? 0.001 : m[2] === "ms" ? 1 : 1000);
+  return { rps: Number(rps[1]), p99Ms: ms(p99), p50Ms: ms(p50) };
 }
 
 /** Opens `count` relayed HTTP connections, proves each went through with one request, then reads RSS. */
