@@ -8,6 +8,8 @@ import { DryRunBackend } from "./backends/dry-run.ts";
 import { iptablesBackendFromConfig } from "./backends/iptables/backend.ts";
 import { cleanupIptables } from "./backends/iptables/cleanup.ts";
 import { hostAddresses } from "./backends/iptables-options.ts";
+import { cleanupIpvs } from "./backends/ipvs/cleanup.ts";
+import { ipvsBackendFromConfig, ipvsUnavailableReason } from "./backends/ipvs/backend.ts";
 import { plannerFor } from "./backends/planners.ts";
 import { CliError, helpText, parseArgs, resolveConfig } from "./cli.ts";
 import { type Config, ConfigError, configzObject, effectiveProxyMode, nodeName, writeConfigFile } from "./config/index.ts";
@@ -82,6 +84,14 @@ function backendFor(config: Config, apply: Apply, io: MainIO, logger: Logger, de
     return new DryRunBackend(mode, planner, (plan) => io.stdout(plan));
   }
   if (apply === "apply" && mode === "iptables") return iptablesBackendFromConfig(config, { metrics: deps.metrics, health: deps.health, logger });
+  if (apply === "apply" && mode === "ipvs") {
+    // Upstream falls back to iptables here; kproxy refuses, so an operator who asked for ipvs notices.
+    const reason = ipvsUnavailableReason();
+    if (reason !== undefined) {
+      throw new Error(`the ipvs mode needs IPVS in the kernel (module ip_vs), and this kernel has none (ipvsadm: ${reason}); kproxy does not fall back to iptables: load ip_vs or set mode: iptables`);
+    }
+    return ipvsBackendFromConfig(config, { metrics: deps.metrics, health: deps.health, logger });
+  }
   return new DryRunBackend(mode, planner, (plan, changes) => {
     logger.info("Planned proxy rules (not applied)", { lines: plan.split("\n").length, full: changes.full, changed: changes.changed.size });
   });
@@ -144,7 +154,8 @@ export async function main(argv: readonly string[], io: MainIO): Promise<number>
   if (cli.cleanup) {
     try {
       const removed = await cleanupIptables({ exec: bunExec, logger });
-      logger.info("Cleanup done", { chainsRemoved: removed });
+      const ipvs = await cleanupIpvs({ exec: bunExec, logger, iptables: false });
+      logger.info("Cleanup done", { chainsRemoved: removed, ...ipvs });
       return EXIT_OK;
     } catch (err) {
       logger.error("Cleanup failed", { err });

@@ -3,6 +3,7 @@ import { effectiveProxyMode } from "../config/index.ts";
 import { categorizeEndpoints } from "../model/topology.ts";
 import type { IPFamily, Snapshot } from "../model/types.ts";
 import { generateRules } from "./iptables/rules.ts";
+import { planIpvsText } from "./ipvs/backend.ts";
 import { type LocalAddresses, ruleOptionsForNode, ruleOptionsFromConfig } from "./iptables-options.ts";
 
 /** Families that need rules: IPv4 always (the node's primary family here), IPv6 when a service has an IPv6 IP. */
@@ -37,7 +38,11 @@ export function plannerFor(config: Config, localAddresses: LocalAddresses): ((sn
   switch (effectiveProxyMode(config)) {
     case "iptables":
       return iptablesPlanner(config, localAddresses);
-    case "ipvs":
+    case "ipvs": {
+      const ruleOptions = ruleOptionsFromConfig(config);
+      return (snapshot) =>
+        planIpvsText(snapshot, { scheduler: config.ipvs.scheduler, ruleOptions, nodePortAddresses: config.nodePortAddresses, localAddresses });
+    }
     case "userspace":
       return undefined;
   }

@@ -1,0 +1,525 @@
+/**
+ * The ipvs mode, applied. A full sync reads what the kernel holds (`ipvsadm -S -n`, `ipset save`,
+ * `ip -j addr show`), plans the whole snapshot and writes only the difference: one `ipset restore`,
+ * one `ipvsadm -R`, one `ip -batch` for kube-ipvs0's addresses and one `iptables-restore --noflush`
+ * of the companion chains per family, plus the jumps into them ensured with -C/-I. A partial sync
+ * re-plans only the changed service ports and diffs them against what the last sync wrote, so a
+ * one-endpoint change costs one short batch.
+ *
+ * Neither `ipvsadm -R` nor `ipset restore` is atomic (each stops at its first bad line), so the
+ * order matters: set members before the rules that match them, virtual servers before their
+ * addresses go up, deletions last. After any failure the next sync is full and re-reads the kernel.
+ *
+ * Ownership: the virtual servers kproxy manages are those on kube-ipvs0's addresses, those whose
+ * address and port are members of kproxy's sets (ClusterIPs, external and LB IPs), and NodePorts
+ * (a node address with a port in the NodePort sets). Everything in `excludeCIDRs` is never touched.
+ */
+import { availableParallelism } from "node:os";
+import { cidrContains, type Config } from "../../config/index.ts";
+import type { Logger } from "../../log.ts";
+import type { KproxyMetrics } from "../../metrics.ts";
+import { ipFamilyOf } from "../../model/ip.ts";
+import { categorizeEndpoints } from "../../model/topology.ts";
+import type { ChangeSet, IPFamily, Snapshot } from "../../model/types.ts";
+import { type ProxierHealthCheck, ServiceHealthServer } from "../../server/service-health.ts";
+import { type Clock, realClock } from "../../system/clock.ts";
+import { bunExec, type Exec } from "../../system/exec.ts";
+import { diffIpsets, type Ipset, IpsetTool, ipsetLine } from "../../system/ipset.ts";
+import { detectIptablesFlavour, Iptables, type IptablesFlavour } from "../../system/iptables.ts";
+import { diffIpvs, Ipvsadm, type IpvsTimeouts, type VirtualServer, virtualServerKey } from "../../system/ipvs.ts";
+import { ensureSysctl, procSysctl, type Sysctl } from "../../system/sysctl.ts";
+import type { Backend, SyncResult } from "../backend.ts";
+import { healthCheckState, type ServiceHealthPorts, SnapshotGuard } from "../iptables/backend.ts";
+import type { RuleOptions } from "../iptables/options.ts";
+import type { CategorizeEndpoints } from "../iptables/service-rules.ts";
+import { applySysctls } from "../iptables/sysctls.ts";
+import { hostAddresses, type LocalAddresses, resolveNodePortAddresses, ruleOptionsFromConfig } from "../iptables-options.ts";
+import { familiesIn } from "../planners.ts";
+import { changeAddresses, ensureDummyInterface, type NodeAddresses, readNodeAddresses } from "./addresses.ts";
+import { DrainingServers, realServerId, withDraining } from "./graceful.ts";
+import {
+  applyAddressMembers,
+  companionRules,
+  type DesiredDelta,
+  DesiredState,
+  describePlan,
+  IPVS_JUMP_RULES,
+  type IpvsPlanEnv,
+  planServicePort,
+  planSnapshot,
+  wantedIpsets,
+} from "./plan.ts";
+import { isOwnedSet, setName } from "./sets.ts";
+
+export interface IpvsBackendOptions {
+  readonly exec: Exec;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly metrics: KproxyMetrics;
+  /** Flavour of iptables for the companion rules; `auto` detects it before the first sync. */
+  readonly flavour: IptablesFlavour | "auto";
+  readonly ruleOptions: RuleOptions;
+  /** config.nodePortAddresses (CIDRs or "primary"). */
+  readonly nodePortAddresses: readonly string[];
+  readonly scheduler: string;
+  readonly excludeCIDRs: readonly string[];
+  readonly strictARP: boolean;
+  /** Seconds; 0 leaves the kernel's value. */
+  readonly timeouts: IpvsTimeouts;
+  readonly sysctl: Sysctl;
+  readonly serviceHealth?: ServiceHealthPorts;
+  readonly categorize?: CategorizeEndpoints;
+  /** Runs once before the first sync (conntrack settings); its failures are the callee's to log. */
+  readonly prepare?: () => Promise<void>;
+  /** How often draining real servers are checked between syncs (default 60 s, as upstream). */
+  readonly drainCheckIntervalMs?: number;
+}
+
+/** Settings IPVS needs; conntrack=1 is required (masquerading rules see IPVS traffic only with it). */
+export function ipvsSysctls(strictARP: boolean): { name: string; value: number; required: boolean }[] {
+  const out = [
+    { name: "net.ipv4.vs.conntrack", value: 1, required: true },
+    { name: "net.ipv4.vs.expire_nodest_conn", value: 1, required: false },
+    { name: "net.ipv4.vs.expire_quiescent_template", value: 1, required: false },
+    { name: "net.ipv4.ip_forward", value: 1, required: false },
+  ];
+  if (strictARP) {
+    out.push({ name: "net.ipv4.conf.all.arp_ignore", value: 1, required: false });
+    out.push({ name: "net.ipv4.conf.all.arp_announce", value: 2, required: false });
+  }
+  return out;
+}
+
+interface KernelState {
+  readonly virtualServers: VirtualServer[];
+  readonly ipsets: Ipset[];
+  readonly addresses: NodeAddresses;
+}
+
+export class IpvsBackend implements Backend {
+  readonly mode = "ipvs" as const;
+  private readonly ipvs: Ipvsadm;
+  private readonly ipset: IpsetTool;
+  private readonly categorize: CategorizeEndpoints;
+  private readonly guard: SnapshotGuard;
+  private readonly draining: DrainingServers;
+  private readonly stop = new AbortController();
+  private flavour: IptablesFlavour | undefined;
+  private started = false;
+  /** Desired state as of the last successful sync; undefined forces a full sync. */
+  private desired: DesiredState | undefined;
+  private env: IpvsPlanEnv | undefined;
+  /** Virtual servers as the last sync wrote them (draining real servers included), by key. */
+  private applied = new Map<string, VirtualServer>();
+  private appliedRules = new Map<IPFamily, string>();
+  private readonly iptables = new Map<IPFamily, Iptables>();
+  /** Serializes syncs and drain checks: both write ipvs and `applied`. */
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly options: IpvsBackendOptions) {
+    this.ipvs = new Ipvsadm(options.exec);
+    this.ipset = new IpsetTool(options.exec);
+    this.categorize = options.categorize ?? categorizeEndpoints;
+    this.guard = new SnapshotGuard(options.logger);
+    this.draining = new DrainingServers(options.exec);
+    if (options.flavour !== "auto") this.flavour = options.flavour;
+  }
+
+  /** Real servers currently at weight 0 waiting for their connections to end. */
+  get drainingCount(): number {
+    return this.draining.size;
+  }
+
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn, fn);
+    this.queue = run.catch(() => {});
+    return run;
+  }
+
+  private async start(): Promise<IptablesFlavour> {
+    if (!this.started) {
+      this.started = true;
+      const { sysctl, logger } = this.options;
+      for (const s of ipvsSysctls(this.options.strictARP)) {
+        try {
+          if (await ensureSysctl(sysctl, s.name, s.value)) logger.info("Set sysctl", { name: s.name, value: s.value });
+        } catch (err) {
+          if (s.required) throw new Error(`cannot set ${s.name}=${s.value}, which the ipvs mode needs: ${err instanceof Error ? err.message : String(err)}`);
+          logger.warn("Could not set sysctl", { name: s.name, value: s.value, err });
+        }
+      }
+      try {
+        await this.ipvs.setTimeouts(this.options.timeouts);
+      } catch (err) {
+        logger.error("Failed to configure IPVS timeouts", { err });
+      }
+      await this.options.prepare?.();
+      void this.drainLoop();
+    }
+    if (this.flavour === undefined) {
+      this.flavour = await detectIptablesFlavour(this.options.exec);
+      this.options.logger.info("Using the node's iptables flavour", { flavour: this.flavour });
+    }
+    return this.flavour;
+  }
+
+  private async drainLoop(): Promise<void> {
+    const interval = this.options.drainCheckIntervalMs ?? 60_000;
+    while (!this.stop.signal.aborted) {
+      await this.options.clock.sleep(interval, this.stop.signal);
+      if (this.stop.signal.aborted) return;
+      await this.checkDraining().catch((err) => this.options.logger.warn("Checking draining real servers failed", { err }));
+    }
+  }
+
+  /** Deletes draining real servers whose connections are gone; also run after every sync. */
+  checkDraining(): Promise<number> {
+    return this.exclusive(async () => {
+      if (this.draining.size === 0) return 0;
+      const deleted = await this.draining.deleteIdle();
+      for (const [vsKey, rsId] of deleted) {
+        const vs = this.applied.get(vsKey);
+        if (vs) this.applied.set(vsKey, { ...vs, realServers: vs.realServers.filter((rs) => realServerId(rs) !== rsId) });
+      }
+      if (deleted.length > 0) this.options.logger.debug(2, "Deleted drained real servers", { realServers: deleted.map(([v, r]) => `${v} -> ${r}`) });
+      return deleted.length;
+    });
+  }
+
+  private iptablesFor(family: IPFamily, flavour: IptablesFlavour): Iptables {
+    let ipt = this.iptables.get(family);
+    if (!ipt) this.iptables.set(family, (ipt = new Iptables(this.options.exec, family, flavour)));
+    return ipt;
+  }
+
+  sync(snapshot: Snapshot, changes: ChangeSet): Promise<SyncResult> {
+    return this.exclusive(async () => {
+      const flavour = await this.start();
+      const clean = this.guard.apply(snapshot);
+      let result: SyncResult;
+      try {
+        result = changes.full || !this.desired || !this.env ? await this.fullSync(clean, flavour) : await this.partialSync(clean, changes, flavour);
+      } catch (err) {
+        this.desired = undefined;
+        throw err;
+      }
+      const health = this.options.serviceHealth;
+      if (health) {
+        const { ports, localEndpoints } = healthCheckState(clean, this.categorize);
+        await health.syncServices(ports);
+        health.syncEndpoints(localEndpoints);
+      }
+      return result;
+    }).then((result) => {
+      // Upstream tries to delete a drained server right after giving it weight 0.
+      if (this.draining.size > 0) void this.checkDraining().catch((err) => this.options.logger.warn("Checking draining real servers failed", { err }));
+      return result;
+    });
+  }
+
+  private isExcluded(address: string): boolean {
+    return this.options.excludeCIDRs.some((cidr) => {
+      try {
+        return cidrContains(cidr, address);
+      } catch {
+        return false;
+      }
+    });
+  }
+
+  private envFor(snapshot: Snapshot, addresses: NodeAddresses): IpvsPlanEnv {
+    const others = addresses.others;
+    const resolved = resolveNodePortAddresses(this.options.nodePortAddresses, snapshot.node, () => others);
+    const usable = (ip: string) => !ip.startsWith("127.") && ip !== "::1" && !ip.toLowerCase().startsWith("fe80:");
+    const nodePortIPs = resolved === "all" ? others.filter(usable) : resolved.filter(usable);
+    return {
+      scheduler: this.options.scheduler,
+      categorize: this.categorize,
+      nodePortIPs,
+      nodeAddresses: new Set(others),
+      nodeIPs: snapshot.node.addresses,
+      node: snapshot.node,
+    };
+  }
+
+  private async readKernel(): Promise<KernelState> {
+    const [virtualServers, ipsets, addresses] = await Promise.all([this.ipvs.save(), this.ipset.save(), readNodeAddresses(this.options.exec)]);
+    return { virtualServers, ipsets, addresses };
+  }
+
+  /** Virtual servers of the kernel that kproxy manages (see the file comment). */
+  ownedVirtualServers(kernel: KernelState, wanted: ReadonlySet<string>, nodePortIPs: readonly string[]): VirtualServer[] {
+    const dummy = new Set(kernel.addresses.dummy);
+    const members = new Map<string, Set<string>>();
+    for (const set of kernel.ipsets) if (isOwnedSet(set.name)) members.set(set.name, new Set(set.entries.map((e) => e.toLowerCase())));
+    const inSet = (id: Parameters<typeof setName>[0], family: IPFamily, member: string) => members.get(setName(id, family))?.has(member.toLowerCase()) ?? false;
+    const nodeIPs = new Set([...nodePortIPs, ...kernel.addresses.others]);
+    return kernel.virtualServers.filter((vs) => {
+      if (this.isExcluded(vs.address)) return false;
+      if (wanted.has(virtualServerKey(vs)) || dummy.has(vs.address)) return true;
+      const family = ipFamilyOf(vs.address) ?? "IPv4";
+      const ipPort = `${vs.address},${vs.protocol}:${vs.port}`;
+      if (inSet("clusterIP", family, ipPort) || inSet("externalIP", family, ipPort) || inSet("externalIPLocal", family, ipPort)) return true;
+      if (inSet("loadBalancer", family, ipPort)) return true;
+      if (!nodeIPs.has(vs.address)) return false;
+      if (vs.protocol === "sctp") return inSet("nodePortSCTP", family, ipPort);
+      return inSet(vs.protocol === "tcp" ? "nodePortTCP" : "nodePortUDP", family, String(vs.port));
+    });
+  }
+
+  private async fullSync(snapshot: Snapshot, flavour: IptablesFlavour): Promise<SyncResult> {
+    const { logger } = this.options;
+    const kernel = await this.readKernel();
+    if (!kernel.addresses.dummyExists) await ensureDummyInterface(this.options.exec);
+    const env = this.envFor(snapshot, kernel.addresses);
+    const desired = planSnapshot(snapshot, env);
+    for (const family of new Set<IPFamily>([...familiesIn(snapshot), ...(this.desired?.families ?? [])])) desired.addFamily(family);
+
+    const wanted = desired.virtualServers();
+    const wantedKeys = new Set(wanted.map(virtualServerKey));
+    const owned = this.ownedVirtualServers(kernel, wantedKeys, env.nodePortIPs);
+    const current = new Map(owned.map((vs) => [virtualServerKey(vs), vs]));
+    const writes: VirtualServer[] = [];
+    const drainedNow: [VirtualServer, VirtualServer["realServers"][number]][] = [];
+    for (const vs of wanted) {
+      const { virtualServer, drained } = withDraining(current.get(virtualServerKey(vs)), vs);
+      writes.push(virtualServer);
+      for (const rs of drained) drainedNow.push([vs, rs]);
+    }
+    const batch = diffIpvs(owned, writes);
+    const sets = diffIpsets(kernel.ipsets, wantedIpsets(desired), { owned: isOwnedSet });
+    const bound = desired.boundAddresses();
+    const boundSet = new Set(bound);
+    const dummy = new Set(kernel.addresses.dummy);
+    const addAddresses = bound.filter((ip) => !dummy.has(ip));
+    const removeAddresses = kernel.addresses.dummy.filter((ip) => !boundSet.has(ip));
+
+    // Sets and virtual servers are independent of each other; rules wait for both.
+    await Promise.all([this.ipset.restore(sets), this.ipvs.applyBatch(batch)]);
+    await changeAddresses(this.options.exec, addAddresses, removeAddresses);
+    const rules = await this.writeRules(desired, flavour, snapshot, true);
+
+    this.applied = new Map(writes.map((vs) => [virtualServerKey(vs), vs]));
+    this.draining.retain((vsKey, rsId) => this.applied.get(vsKey)?.realServers.some((rs) => rs.weight === 0 && realServerId(rs) === rsId) ?? false);
+    for (const [vs, rs] of drainedNow) this.draining.add(vs, rs);
+    this.desired = desired;
+    this.env = env;
+    logger.debug(3, "Synced ipvs (full)", {
+      ipvsLines: batch.length,
+      ipsetLines: sets === "" ? 0 : sets.split("\n").length - 1,
+      addressesAdded: addAddresses.length,
+      addressesRemoved: removeAddresses.length,
+      draining: this.draining.size,
+    });
+    return this.result(snapshot, desired, rules, false);
+  }
+
+  private async partialSync(snapshot: Snapshot, changes: ChangeSet, flavour: IptablesFlavour): Promise<SyncResult> {
+    const desired = this.desired as DesiredState;
+    const env = { ...(this.env as IpvsPlanEnv), node: snapshot.node, nodeIPs: snapshot.node.addresses };
+    let delta: DesiredDelta | undefined;
+    for (const key of changes.changed) {
+      const sp = snapshot.services.get(key);
+      delta = desired.replace(key, sp ? planServicePort(sp, snapshot.endpoints.get(key) ?? [], env) : undefined, delta);
+    }
+    if (!delta) return this.result(snapshot, desired, this.ruleCount(), true);
+    applyAddressMembers(delta);
+
+    const before: VirtualServer[] = [];
+    const writes: VirtualServer[] = [];
+    const drainedNow: [VirtualServer, VirtualServer["realServers"][number]][] = [];
+    for (const key of delta.virtualServers) {
+      const current = this.applied.get(key);
+      const wanted = desired.virtualServer(key);
+      if (current) before.push(current);
+      if (!wanted) {
+        // An excluded address is never deleted, even one kproxy created.
+        if (current && this.isExcluded(current.address)) before.pop();
+        continue;
+      }
+      const { virtualServer, drained } = withDraining(current, wanted);
+      writes.push(virtualServer);
+      for (const rs of drained) drainedNow.push([wanted, rs]);
+    }
+    const batch = diffIpvs(before, writes);
+    const setLines: string[] = [];
+    for (const [name, members] of delta.addedMembers) for (const m of members) setLines.push(ipsetLine.add(name, m));
+    for (const [name, members] of delta.removedMembers) for (const m of members) setLines.push(ipsetLine.del(name, m));
+
+    await Promise.all([this.ipset.restore(setLines.length > 0 ? `${setLines.join("\n")}\n` : ""), this.ipvs.applyBatch(batch)]);
+    await changeAddresses(this.options.exec, delta.addedAddresses, delta.removedAddresses);
+    const rules = delta.rulesChanged ? await this.writeRules(desired, flavour, snapshot, false) : this.ruleCount();
+
+    for (const key of delta.virtualServers) {
+      const vs = writes.find((w) => virtualServerKey(w) === key);
+      if (vs) this.applied.set(key, vs);
+      else {
+        this.applied.delete(key);
+        this.draining.forget(key);
+      }
+    }
+    for (const vs of writes) {
+      const key = virtualServerKey(vs);
+      for (const rs of vs.realServers) if (rs.weight > 0) this.draining.forget(key, realServerId(rs));
+    }
+    for (const [vs, rs] of drainedNow) this.draining.add(vs, rs);
+    this.options.logger.debug(3, "Synced ipvs (partial)", { servicePorts: changes.changed.size, ipvsLines: batch.length, ipsetLines: setLines.length });
+    return this.result(snapshot, desired, rules, true);
+  }
+
+  private ruleCount(): { filter: number; nat: number } {
+    let filter = 0;
+    let nat = 0;
+    for (const text of this.appliedRules.values()) {
+      let table = "";
+      for (const line of text.split("\n")) {
+        if (line.startsWith("*")) table = line.slice(1);
+        else if (line.startsWith("-A ")) table === "nat" ? nat++ : filter++;
+      }
+    }
+    return { filter, nat };
+  }
+
+  /** Writes each family's companion rules (when they changed, or always on a full sync). */
+  private async writeRules(desired: DesiredState, flavour: IptablesFlavour, snapshot: Snapshot, full: boolean): Promise<{ filter: number; nat: number }> {
+    const options = { rule: { ...this.options.ruleOptions, nodeIPs: snapshot.node.addresses }, node: snapshot.node };
+    for (const family of desired.families) {
+      const ipt = this.iptablesFor(family, flavour);
+      const text = companionRules(desired, family, options);
+      if (!full && this.appliedRules.get(family) === text) continue;
+      try {
+        if (full) {
+          for (const jump of IPVS_JUMP_RULES) await ipt.ensureChain(jump.table, jump.target);
+        }
+        await ipt.restore(text);
+        if (full) {
+          for (const jump of IPVS_JUMP_RULES) {
+            await ipt.ensureRule({ table: jump.table, chain: jump.chain, args: ["-m", "comment", "--comment", jump.comment, "-j", jump.target] });
+          }
+        }
+      } catch (err) {
+        this.options.metrics.iptablesRestoreFailuresTotal.inc();
+        this.appliedRules.delete(family);
+        throw err;
+      }
+      this.appliedRules.set(family, text);
+    }
+    return this.ruleCount();
+  }
+
+  private result(snapshot: Snapshot, desired: DesiredState, rules: { filter: number; nat: number }, partial: boolean): SyncResult {
+    let endpoints = 0;
+    for (const list of snapshot.endpoints.values()) endpoints += list.length;
+    return { servicePorts: desired.servicePorts, endpoints, rules, partial };
+  }
+
+  plan(snapshot: Snapshot): string {
+    return planIpvsText(snapshot, {
+      scheduler: this.options.scheduler,
+      categorize: this.categorize,
+      ruleOptions: this.options.ruleOptions,
+      nodePortAddresses: this.options.nodePortAddresses,
+      localAddresses: hostAddresses,
+    });
+  }
+
+  async cleanup(): Promise<void> {
+    const { cleanupIpvs } = await import("./cleanup.ts");
+    await cleanupIpvs({ exec: this.options.exec, logger: this.options.logger });
+  }
+
+  async close(): Promise<void> {
+    this.stop.abort();
+    await this.options.serviceHealth?.close();
+  }
+}
+
+export interface IpvsPlanTextOptions {
+  readonly scheduler: string;
+  readonly categorize?: CategorizeEndpoints;
+  readonly ruleOptions: RuleOptions;
+  readonly nodePortAddresses: readonly string[];
+  readonly localAddresses: LocalAddresses;
+}
+
+/** The whole plan as text, from this host's addresses (for --dry-run; reads nothing else). */
+export function planIpvsText(snapshot: Snapshot, options: IpvsPlanTextOptions): string {
+  const local = options.localAddresses();
+  const resolved = resolveNodePortAddresses(options.nodePortAddresses, snapshot.node, options.localAddresses);
+  const usable = (ip: string) => !ip.startsWith("127.") && ip !== "::1" && !ip.toLowerCase().startsWith("fe80:");
+  const env: IpvsPlanEnv = {
+    scheduler: options.scheduler,
+    categorize: options.categorize ?? categorizeEndpoints,
+    nodePortIPs: (resolved === "all" ? local : resolved).filter(usable),
+    nodeAddresses: new Set(local),
+    nodeIPs: snapshot.node.addresses,
+    node: snapshot.node,
+  };
+  const desired = planSnapshot(snapshot, env);
+  for (const family of familiesIn(snapshot)) desired.addFamily(family);
+  return describePlan(desired, { rule: { ...options.ruleOptions, nodeIPs: snapshot.node.addresses }, node: snapshot.node });
+}
+
+/** Why IPVS cannot be used here, or undefined when it can (checked synchronously at start). */
+export function ipvsUnavailableReason(run: (argv: string[]) => { exitCode: number; stderr: string } = spawnQuietly): string | undefined {
+  const result = run(["ipvsadm", "-L", "-n"]);
+  if (result.exitCode === 0) return undefined;
+  const said = result.stderr.trim().split("\n").slice(0, 2).join("; ");
+  return said || `ipvsadm exited ${result.exitCode}`;
+}
+
+function spawnQuietly(argv: string[]): { exitCode: number; stderr: string } {
+  try {
+    const out = Bun.spawnSync(argv, { stdout: "ignore", stderr: "pipe" });
+    return { exitCode: out.exitCode ?? 1, stderr: out.stderr?.toString() ?? "" };
+  } catch (err) {
+    return { exitCode: 127, stderr: `${argv[0]}: ${err instanceof Error ? err.message : String(err)}` };
+  }
+}
+
+export interface IpvsBackendDeps {
+  readonly metrics: KproxyMetrics;
+  readonly logger: Logger;
+  readonly health: ProxierHealthCheck;
+  readonly exec?: Exec;
+  readonly clock?: Clock;
+  readonly sysctl?: Sysctl;
+  readonly conntrackParameters?: Sysctl;
+  readonly cores?: number;
+}
+
+const seconds = (ms: number) => Math.floor(ms / 1000);
+
+/** The ipvs backend a configuration asks for. */
+export function ipvsBackendFromConfig(config: Config, deps: IpvsBackendDeps): IpvsBackend {
+  const exec = deps.exec ?? bunExec;
+  const logger = deps.logger;
+  const sysctl = deps.sysctl ?? procSysctl();
+  return new IpvsBackend({
+    exec,
+    clock: deps.clock ?? realClock,
+    logger,
+    metrics: deps.metrics,
+    flavour: config.iptables.flavour,
+    ruleOptions: ruleOptionsFromConfig(config),
+    nodePortAddresses: config.nodePortAddresses,
+    scheduler: config.ipvs.scheduler,
+    excludeCIDRs: config.ipvs.excludeCIDRs,
+    strictARP: config.ipvs.strictARP,
+    timeouts: { tcp: seconds(config.ipvs.tcpTimeout), tcpFin: seconds(config.ipvs.tcpFinTimeout), udp: seconds(config.ipvs.udpTimeout) },
+    sysctl,
+    serviceHealth: new ServiceHealthServer({ health: deps.health, logger }),
+    // Drained servers are checked on every sync too; between syncs, as often as syncs may come.
+    drainCheckIntervalMs: Math.min(60_000, Math.max(1000, config.ipvs.syncPeriod)),
+    prepare: async () => {
+      await applySysctls({
+        conntrack: config.conntrack,
+        localhostNodePorts: false,
+        cores: deps.cores ?? availableParallelism(),
+        sysctl,
+        conntrackParameters: deps.conntrackParameters ?? procSysctl("/sys/module/nf_conntrack/parameters"),
+        logger,
+      });
+    },
+  });
+}
