@@ -34,7 +34,7 @@ export interface WorkerListenOptions {
  */
 export class TcpRelayWorkers {
   private readonly workers: Worker[] = [];
-  private readonly pending = new Map<number, (reply: WorkerReply) => void>();
+  private readonly pending = new Map<number, { readonly worker: Worker; readonly resolve: (reply: WorkerReply) => void }>();
   private nextId = 1;
   private readonly dialTimeoutsMs: readonly number[];
   private readonly logger: Logger | undefined;
@@ -44,15 +44,23 @@ export class TcpRelayWorkers {
     this.dialTimeoutsMs = options.dialTimeoutsMs ?? ENDPOINT_DIAL_TIMEOUTS_MS;
     this.logger = options.logger;
     const threads = Math.max(1, options.threads ?? navigator.hardwareConcurrency);
-    const url = options.workerUrl ?? new URL("./relay-worker.ts", import.meta.url).href;
+    const url = options.workerUrl ?? defaultWorkerUrl();
     for (let i = 0; i < threads; i++) {
       const w = new Worker(url);
       w.onmessage = (ev: MessageEvent<WorkerReply>) => {
         const p = this.pending.get(ev.data.id);
         this.pending.delete(ev.data.id);
-        p?.(ev.data);
+        p?.resolve(ev.data);
       };
-      w.onerror = (ev) => this.logger?.error("relay thread failed", { thread: i, err: ev.message });
+      w.onerror = (ev) => {
+        this.logger?.error("relay thread failed", { thread: i, err: ev.message });
+        // Whatever this thread was asked is never answered now; fail it instead of hanging.
+        for (const [id, p] of this.pending) {
+          if (p.worker !== w) continue;
+          this.pending.delete(id);
+          p.resolve({ id, error: `relay thread ${i} failed: ${ev.message}` });
+        }
+      };
       this.workers.push(w);
     }
   }
@@ -131,7 +139,7 @@ export class TcpRelayWorkers {
     if (this.closed) return;
     this.closed = true;
     for (const w of this.workers) w.terminate();
-    for (const p of this.pending.values()) p({ id: 0, error: "relay threads stopped" });
+    for (const p of this.pending.values()) p.resolve({ id: 0, error: "relay threads stopped" });
     this.pending.clear();
   }
 
@@ -143,8 +151,18 @@ export class TcpRelayWorkers {
     if (this.closed) return Promise.resolve({ id: 0, error: "relay threads stopped" });
     const id = this.nextId++;
     return new Promise<WorkerReply>((resolve) => {
-      this.pending.set(id, resolve);
+      this.pending.set(id, { worker: w, resolve });
       w.postMessage(make(id));
     });
   }
+}
+
+/**
+ * Where the worker entry lives. In the compiled binary every entry point sits under Bun's virtual
+ * root, at its path relative to src/ (build.ts must list relay-worker.ts as an entry point); from
+ * source it is the file next to this one.
+ */
+function defaultWorkerUrl(): string {
+  if (import.meta.url.startsWith("file:///$bunfs/")) return "/$bunfs/root/backends/userspace/relay-worker.ts";
+  return new URL("./relay-worker.ts", import.meta.url).href;
 }
