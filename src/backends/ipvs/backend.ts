@@ -294,9 +294,8 @@ export class IpvsBackend implements Backend {
     const addAddresses = bound.filter((ip) => !dummy.has(ip));
     const removeAddresses = kernel.addresses.dummy.filter((ip) => !boundSet.has(ip));
 
-    // Sets and virtual servers are independent of each other; rules wait for both.
-    await Promise.all([this.ipset.restore(sets), this.ipvs.applyBatch(batch)]);
-    await changeAddresses(this.options.exec, addAddresses, removeAddresses);
+    // Sets, virtual servers and addresses are independent of each other; rules wait for all three.
+    await Promise.all([this.ipset.restore(sets), this.ipvs.applyBatch(batch), changeAddresses(this.options.exec, addAddresses, removeAddresses)]);
     const rules = await this.writeRules(desired, flavour, snapshot, true);
 
     this.applied = new Map(writes.map((vs) => [virtualServerKey(vs), vs]));
@@ -346,9 +345,12 @@ export class IpvsBackend implements Backend {
     for (const [name, members] of delta.addedMembers) for (const m of members) setLines.push(ipsetLine.add(name, m));
     for (const [name, members] of delta.removedMembers) for (const m of members) setLines.push(ipsetLine.del(name, m));
 
-    await Promise.all([this.ipset.restore(setLines.length > 0 ? `${setLines.join("\n")}\n` : ""), this.ipvs.applyBatch(batch)]);
-    await changeAddresses(this.options.exec, delta.addedAddresses, delta.removedAddresses);
-    const rules = delta.rulesChanged ? await this.writeRules(desired, flavour, snapshot, false) : this.ruleCount();
+    await Promise.all([
+      this.ipset.restore(setLines.length > 0 ? `${setLines.join("\n")}\n` : ""),
+      this.ipvs.applyBatch(batch),
+      changeAddresses(this.options.exec, delta.addedAddresses, delta.removedAddresses),
+    ]);
+    const rules = desired.rulesChanged(delta) ? await this.writeRules(desired, flavour, snapshot, false) : this.ruleCount();
 
     for (const key of delta.virtualServers) {
       const vs = writes.find((w) => virtualServerKey(w) === key);
@@ -388,12 +390,13 @@ export class IpvsBackend implements Backend {
       const text = companionRules(desired, family, options);
       if (!full && this.appliedRules.get(family) === text) continue;
       try {
-        if (full) {
-          for (const jump of IPVS_JUMP_RULES) await ipt.ensureChain(jump.table, jump.target);
-        }
+        // The restore declares every chain, so the jumps into them can follow it.
         await ipt.restore(text);
         if (full) {
+          // One save tells which jumps exist; only missing ones cost a command each.
+          const saved = (await Promise.all([ipt.save("nat"), ipt.save("filter")])).join("\n");
           for (const jump of IPVS_JUMP_RULES) {
+            if (saved.includes(`-A ${jump.chain} -m comment --comment "${jump.comment}" -j ${jump.target}\n`)) continue;
             await ipt.ensureRule({ table: jump.table, chain: jump.chain, args: ["-m", "comment", "--comment", jump.comment, "-j", jump.target] });
           }
         }

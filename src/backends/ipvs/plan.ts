@@ -181,8 +181,10 @@ export interface DesiredDelta {
   readonly removedMembers: Map<string, string[]>;
   readonly addedAddresses: string[];
   readonly removedAddresses: string[];
-  /** Something the companion rules depend on changed (a set became empty or non-empty, a blocked LB). */
-  rulesChanged: boolean;
+  /** A family was planned for the first time. */
+  newFamily: boolean;
+  /** Set name (or blocked LB key) → whether it was empty (absent) before the first change in this delta. */
+  readonly emptyBefore: Map<string, boolean>;
 }
 
 function emptyDelta(): DesiredDelta {
@@ -192,7 +194,8 @@ function emptyDelta(): DesiredDelta {
     removedMembers: new Map(),
     addedAddresses: [],
     removedAddresses: [],
-    rulesChanged: false,
+    newFamily: false,
+    emptyBefore: new Map(),
   };
 }
 
@@ -233,7 +236,7 @@ export class DesiredState {
       this.plans.set(key, plan);
       if (!this.families.has(plan.family)) {
         this.families.add(plan.family);
-        delta.rulesChanged = true;
+        delta.newFamily = true;
       }
       this.account(key, plan, 1, delta);
     } else {
@@ -259,14 +262,13 @@ export class DesiredState {
       const name = setName(id, plan.family);
       let set = this.members.get(name);
       if (!set) this.members.set(name, (set = new Map()));
-      const wasEmpty = set.size === 0;
+      if (!delta.emptyBefore.has(name)) delta.emptyBefore.set(name, set.size === 0);
       const change = bump(set, member, by);
       if (change === "added") {
         if (!removeFrom(delta.removedMembers, name, member)) pushTo(delta.addedMembers, name, member);
       } else if (change === "removed") {
         if (!removeFrom(delta.addedMembers, name, member)) pushTo(delta.removedMembers, name, member);
       }
-      if (wasEmpty !== (set.size === 0)) delta.rulesChanged = true;
     }
     for (const ip of plan.bound) {
       const change = bump(this.addresses, ip, by);
@@ -277,8 +279,20 @@ export class DesiredState {
       }
     }
     for (const b of plan.blockedFromNode) {
-      if (bump(this.blocked, `${b.protocol}|${b.ip}|${b.port}`, by) !== undefined) delta.rulesChanged = true;
+      const id = `${b.protocol}|${b.ip}|${b.port}`;
+      if (!delta.emptyBefore.has(`blocked ${id}`)) delta.emptyBefore.set(`blocked ${id}`, !this.blocked.has(id));
+      bump(this.blocked, id, by);
     }
+  }
+
+  /** Whether the companion rules may differ after `delta`: a set turned empty or non-empty, a blocked LB came or went. */
+  rulesChanged(delta: DesiredDelta): boolean {
+    if (delta.newFamily) return true;
+    for (const [name, wasEmpty] of delta.emptyBefore) {
+      const emptyNow = name.startsWith("blocked ") ? !this.blocked.has(name.slice("blocked ".length)) : this.isEmptySet(name);
+      if (wasEmpty !== emptyNow) return true;
+    }
+    return false;
   }
 
   /** The wanted virtual server for a key; when two ports claim one, the first wins. */
@@ -331,6 +345,7 @@ function removeFrom(map: Map<string, string[]>, key: string, value: string): boo
   const i = list.indexOf(value);
   if (i < 0) return false;
   list.splice(i, 1);
+  if (list.length === 0) map.delete(key);
   return true;
 }
 

@@ -42,6 +42,8 @@ export class FakeKernel implements Exec {
     ["eth0", ["192.168.0.2", "fe80::1"]],
   ]);
   readonly rules = new Set<string>();
+  /** Rule key → the line iptables-save prints for it. */
+  private readonly savedRules = new Map<string, string>();
   readonly chains = new Set<string>();
   readonly restores: string[] = [];
   timeouts = "";
@@ -268,7 +270,11 @@ export class FakeKernel implements Exec {
   }
 
   private iptables(tool: string, args: string[], stdin: string): ExecResult {
-    if (tool.endsWith("-save")) return ok("");
+    if (tool.endsWith("-save")) {
+      const table = args[args.indexOf("-t") + 1];
+      const lines = [...this.savedRules].filter(([key]) => args.indexOf("-t") < 0 || key.startsWith(`${table}/`)).map(([, line]) => line);
+      return ok(lines.map((l) => `${l}\n`).join(""));
+    }
     if (tool.endsWith("-restore")) {
       this.restores.push(stdin);
       let table = "";
@@ -291,9 +297,13 @@ export class FakeKernel implements Exec {
     if (verb === "-C") return this.rules.has(rule) ? ok("") : fail("Bad rule");
     if (verb === "-I" || verb === "-A") {
       this.rules.add(rule);
+      this.savedRules.set(rule, `-A ${chain} ${rest.slice(4).map((a) => (a.includes(" ") ? `"${a}"` : a)).join(" ")}`);
       return ok("");
     }
-    if (verb === "-D") return this.rules.delete(rule) ? ok("") : fail("Bad rule");
+    if (verb === "-D") {
+      this.savedRules.delete(rule);
+      return this.rules.delete(rule) ? ok("") : fail("Bad rule");
+    }
     return fail(`iptables: unknown ${args.join(" ")}`);
   }
 }
