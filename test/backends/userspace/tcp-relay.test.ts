@@ -185,13 +185,23 @@ describe("TCP relay data path", () => {
     const n = 1000;
     const results = await Promise.all(
       Array.from({ length: n }, async (_, i) => {
-        const c = track(await connect(relay.port));
-        const answer = readAll(c);
-        c.end(`connection-${i}`);
-        return (await answer) === `connection-${i}`;
+        try {
+          const c = track(await connect(relay.port));
+          const answer = readAll(c);
+          c.end(`connection-${i}`);
+          return (await answer) === `connection-${i}` ? "ok" : "wrong answer";
+        } catch (err) {
+          return String(err);
+        }
       }),
     );
-    expect(results.filter(Boolean).length).toBe(n);
+    const failures = results.filter((r) => r !== "ok");
+    // On failure, show what went wrong and the relay's view of it.
+    expect({ failures: failures.slice(0, 3), count: failures.length, stats: failures.length ? relay.stats() : undefined }).toEqual({
+      failures: [],
+      count: 0,
+      stats: undefined,
+    });
     expect(relay.stats().total).toBe(n);
     await eventually("all closed", () => relay.stats().active === 0, 5000);
   }, 20_000);
