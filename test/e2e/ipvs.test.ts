@@ -4,6 +4,7 @@
  * each scenario becomes one test here, all fed from that single boot.
  */
 import { beforeAll, describe, expect } from "bun:test";
+import { mkdtemp, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { needs } from "../helpers/require.ts";
 import { guestAvailable, runInGuest } from "./vm/run.ts";
@@ -33,11 +34,18 @@ const PODS = ["pod0", "pod1", "pod2"];
 describe("ipvs mode end to end (one guest boot)", () => {
   beforeAll(async () => {
     if (!guest.ok) return;
+    // kproxy starts several times faster from one bundled file than from its sources under emulation
+    // (about 2 s against 7–13 s here), and the scenarios start it four times.
+    const share = await mkdtemp("/var/tmp/kproxy-ipvs-e2e-");
     try {
+      const build = await Bun.build({ entrypoints: [join(import.meta.dir, "../../src/main.ts")], target: "bun", outdir: share, naming: "kproxy.js" });
+      if (!build.success) throw new Error(`bundling kproxy failed: ${build.logs.map(String).join("\n")}`);
       const run = await runInGuest({
         command: [process.execPath, "test/e2e/vm/guest/ipvs-e2e.ts"],
         cwd: join(import.meta.dir, "../.."),
-        timeoutMs: 170_000,
+        env: { KPROXY_MAIN: join(share, "kproxy.js") },
+        shareDir: share,
+        timeoutMs: 300_000,
         memoryMb: 1024,
       });
       for (const text of run.stdout.split("\n")) {
@@ -48,10 +56,11 @@ describe("ipvs mode end to end (one guest boot)", () => {
       const phases = results.get("phases");
       console.log(`guest: boot ${run.bootMs} ms, whole run ${Math.round(run.durationMs)} ms, phases ${JSON.stringify(phases?.detail)}`);
       if (run.code !== 0) failure = new Error(`guest script exited ${run.code}:\n${run.stderr.slice(-4000)}\n${(phases as any)?.kproxyLogTail ?? ""}`);
+      if (!failure) await rm(share, { recursive: true, force: true });
     } catch (err) {
       failure = err as Error;
     }
-  }, 180_000);
+  }, 320_000);
 
   guestTest("kproxy programs virtual servers, kube-ipvs0, ipsets, companion rules and sysctls", () => {
     const d = detail("kernel state");
@@ -73,7 +82,8 @@ describe("ipvs mode end to end (one guest boot)", () => {
     expect(d.loopBackMembers).toContain("10.244.1.10,tcp:8080,10.244.1.10");
     expect(d.ipvsIPs).toEqual(d.dummy.addresses);
     expect(d.nat).toContain("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES");
-    expect(d.nat).toContain("-A KUBE-SERVICES -m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set KUBE-CLUSTER-IP dst,dst ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ");
+    // iptables-save prints the address match before the extensions
+    expect(d.nat).toContain("-A KUBE-SERVICES ! -s 10.244.0.0/16 -m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ");
     expect(d.nat).toContain("-A KUBE-NODE-PORT -p tcp -m comment --comment \"Kubernetes nodeport TCP port for masquerade purpose\" -m set --match-set KUBE-NODE-PORT-TCP dst -j KUBE-MARK-MASQ");
     expect(d.filter).toContain("-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT");
     expect(d.filter).toContain("-A INPUT -m comment --comment \"kubernetes ipvs access filter\" -j KUBE-IPVS-FILTER");
@@ -122,7 +132,7 @@ describe("ipvs mode end to end (one guest boot)", () => {
     const d = detail("graceful termination");
     const heldIP = d.held === "pod0" ? "10.244.1.10" : "10.244.1.11";
     expect(d.drainedSave).toContain(`-a -t 10.96.0.20:80 -r ${heldIP}:8080 -m -w 0\n`);
-    expect(d.weightZeroMs).toBeLessThan(5000);
+    expect(d.weightZeroMs).toBeLessThan(10_000);
     expect(d.newConnections).toEqual([d.other, d.other, d.other, d.other]);
     expect(d.heldAgain).toBe(d.held);
     expect(d.whileConnected).toContain(`-a -t 10.96.0.20:80 -r ${heldIP}:8080 -m -w 0\n`);
@@ -133,8 +143,9 @@ describe("ipvs mode end to end (one guest boot)", () => {
     const d = detail("drained real server deleted");
     expect(d.save).toContain("-A -t 10.96.0.20:80 -s rr\n");
     expect(d.save.split("\n").filter((l: string) => l.startsWith("-a -t 10.96.0.20:80"))).toHaveLength(1);
-    // IPVS keeps a reset connection for 10 s; the drain check follows within a sync period
-    expect(d.deletedAfterResetMs).toBeLessThan(20_000);
+    // IPVS keeps a reset connection for 10 s; the drain check (here by the restarted kproxy) follows
+    expect(d.deletedAfterResetMs).toBeGreaterThanOrEqual(9_000);
+    expect(d.deletedAfterResetMs).toBeLessThan(40_000);
   });
 
   guestTest("deleting a service removes its virtual server, address and set member", () => {
@@ -153,6 +164,10 @@ describe("ipvs mode end to end (one guest boot)", () => {
     expect(d.load.failures).toEqual([]);
     expect(d.load.ok).toBeGreaterThan(10);
     expect(d.sameVirtualServers).toBe(true);
+    // the restarted kproxy found everything in place and wrote nothing
+    expect(d.firstSync).toMatch(/ipvsLines=0\b/);
+    expect(d.firstSync).toMatch(/ipsetLines=0\b/);
+    expect(d.firstSync).toMatch(/addressesAdded=0\b/);
     expect(d.preroutingJumps).toBe(1);
     expect(d.inputJumps).toBe(3);
   });

@@ -273,7 +273,11 @@ export class IpvsBackend implements Backend {
     if (!kernel.addresses.dummyExists) await ensureDummyInterface(this.options.exec);
     const env = this.envFor(snapshot, kernel.addresses);
     const desired = planSnapshot(snapshot, env);
-    for (const family of new Set<IPFamily>([...familiesIn(snapshot), ...(this.desired?.families ?? [])])) desired.addFamily(family);
+    // A family whose sets exist keeps them: their rules may still reference them, and a referenced
+    // set cannot be destroyed (the restore would fail on every sync).
+    const families = new Set<IPFamily>([...familiesIn(snapshot), ...(this.desired?.families ?? [])]);
+    for (const set of kernel.ipsets) if (isOwnedSet(set.name)) families.add(set.name.startsWith("KUBE-6-") ? "IPv6" : "IPv4");
+    for (const family of families) desired.addFamily(family);
 
     const wanted = desired.virtualServers();
     const wantedKeys = new Set(wanted.map(virtualServerKey));

@@ -1,0 +1,179 @@
+/**
+ * Runs inside the IPVS guest (see bench/ipvs-sync.ts): the ipvs backend against the bare tools
+ * applying the very same input, in one run.
+ *
+ * - full sync of N services × 5 endpoints into an empty IPVS table (kproxy: read the kernel, plan,
+ *   diff, `ipset restore` + `ipvsadm -R` + `ip -batch` for kube-ipvs0 + companion rules) vs bare
+ *   `ipvsadm -R` + `ipset restore` of the batches kproxy wrote;
+ * - one endpoint changed among them (a pod turning not-ready: its real servers drain at weight 0),
+ *   partial sync vs bare `ipvsadm -R` (+ `ipset restore` when kproxy wrote one) of the same batch;
+ * - a periodic full sync with nothing to change (reads and diffs only), absolute;
+ * - resident memory with the cluster loaded and synced.
+ *
+ * Each measurement is repeated and the median reported. Prints one JSON line at the end.
+ *
+ *   bun bench/ipvs/guest.ts [services] [rounds]
+ */
+import { IpvsBackend } from "../../src/backends/ipvs/backend.ts";
+import { defaultRuleOptions } from "../../src/backends/iptables/options.ts";
+import { silentLogger } from "../../src/log.ts";
+import { createMetrics } from "../../src/metrics.ts";
+import { ProxyModel } from "../../src/model/tracker.ts";
+import type { ChangeSet, Snapshot } from "../../src/model/types.ts";
+import { realClock } from "../../src/system/clock.ts";
+import { bunExec, type Exec, runChecked } from "../../src/system/exec.ts";
+import { procSysctl } from "../../src/system/sysctl.ts";
+import { type ClusterSpec, serviceObject, sliceObject } from "../fixtures/cluster.ts";
+
+const SERVICES = Number(process.argv[2] ?? 10_000);
+const ROUNDS = Number(process.argv[3] ?? 3);
+const NODE = "bench-node";
+
+/** Records what went to ipvsadm -R and ipset restore, so the reference applies the same bytes. */
+class RecordingExec implements Exec {
+  readonly writes: { tool: string; stdin: string }[] = [];
+  async run(argv: readonly string[], options?: Parameters<Exec["run"]>[1]) {
+    const tool = argv[0] ?? "";
+    if ((tool === "ipvsadm" && argv[1] === "-R") || (tool === "ipset" && argv[1] === "restore")) {
+      this.writes.push({ tool, stdin: typeof options?.stdin === "string" ? options.stdin : "" });
+    }
+    return bunExec.run(argv, options);
+  }
+}
+
+const sh = (argv: string[], stdin?: string) => runChecked(bunExec, argv, stdin === undefined ? { timeoutMs: 600_000 } : { stdin, timeoutMs: 600_000 });
+
+async function timed<T>(fn: () => Promise<T>): Promise<[number, T]> {
+  const t = performance.now();
+  const value = await fn();
+  return [performance.now() - t, value];
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)] as number;
+}
+
+/** Back to "kproxy has started but holds no services": no virtual servers, empty sets, no VIPs. */
+async function emptyKernel(): Promise<void> {
+  await sh(["ipvsadm", "-C"]);
+  const sets = (await sh(["ipset", "list", "-n"])).stdout.split("\n").filter((n) => n.startsWith("KUBE-"));
+  if (sets.length > 0) await sh(["ipset", "restore"], `${sets.map((s) => `flush ${s}`).join("\n")}\n`);
+  await sh(["ip", "addr", "flush", "dev", "kube-ipvs0"]);
+}
+
+async function reference(writes: readonly { tool: string; stdin: string }[]): Promise<number> {
+  const t = performance.now();
+  for (const w of writes) await sh(w.tool === "ipvsadm" ? ["ipvsadm", "-R"] : ["ipset", "restore"], w.stdin);
+  return performance.now() - t;
+}
+
+async function main(): Promise<void> {
+  // A node address for the NodePorts (the guest has no network card).
+  await sh(["ip", "link", "add", "bench0", "type", "dummy"]);
+  await sh(["ip", "addr", "add", "192.168.50.2/24", "dev", "bench0"]);
+  await sh(["ip", "link", "set", "bench0", "up"]);
+
+  const spec: ClusterSpec = { services: SERVICES, localNode: NODE };
+  const model = new ProxyModel({ nodeName: NODE, logger: silentLogger });
+  for (let i = 0; i < SERVICES; i++) model.apply({ type: "upsert", kind: "Service", object: serviceObject(spec, i) });
+  for (let j = 0; j < SERVICES; j++) model.apply({ type: "upsert", kind: "EndpointSlice", object: sliceObject(spec, j) });
+  model.apply({ type: "synced" });
+  model.takeChanges();
+  const loaded = model.snapshot();
+  const empty: Snapshot = { services: new Map(), endpoints: new Map(), node: loaded.node };
+
+  const exec = new RecordingExec();
+  const backend = new IpvsBackend({
+    exec,
+    clock: realClock,
+    logger: silentLogger,
+    metrics: createMetrics({ mode: "ipvs" }),
+    flavour: "nft",
+    ruleOptions: { ...defaultRuleOptions, clusterCIDRs: ["10.128.0.0/9"] },
+    nodePortAddresses: [],
+    scheduler: "",
+    excludeCIDRs: [],
+    strictARP: false,
+    timeouts: { tcp: 0, tcpFin: 0, udp: 0 },
+    sysctl: procSysctl(),
+    drainCheckIntervalMs: 600_000,
+  });
+  const full: ChangeSet = { changed: new Set(), full: true, triggerTimes: [] };
+  // Start-up work (sysctls, kube-ipvs0, the empty sets, the companion chains) happens once per process.
+  await backend.sync(empty, full);
+
+  const fullOurs: number[] = [];
+  const fullRef: number[] = [];
+  let batchLines = { ipvs: 0, ipset: 0 };
+  for (let r = 0; r < ROUNDS; r++) {
+    await emptyKernel();
+    exec.writes.length = 0;
+    const [ms] = await timed(() => backend.sync(loaded, full));
+    fullOurs.push(ms);
+    const writes = [...exec.writes];
+    batchLines = {
+      ipvs: writes.filter((w) => w.tool === "ipvsadm").reduce((n, w) => n + w.stdin.split("\n").length - 1, 0),
+      ipset: writes.filter((w) => w.tool === "ipset").reduce((n, w) => n + w.stdin.split("\n").length - 1, 0),
+    };
+    await emptyKernel();
+    fullRef.push(await reference(writes));
+  }
+  // Leave the cluster loaded for the rest.
+  await emptyKernel();
+  await backend.sync(loaded, full);
+  const virtualServers = (await sh(["ipvsadm", "-S", "-n"])).stdout.split("\n").filter((l) => l.startsWith("-A")).length;
+
+  const [steadyMs] = await timed(() => backend.sync(loaded, full));
+
+  // One endpoint of service 17 turns not-ready (odd revision) and back (even revision).
+  const changeOurs: number[] = [];
+  const changeRef: number[] = [];
+  const changeBatches: string[] = [];
+  for (let r = 1; r <= 2 * ROUNDS; r++) {
+    model.apply({ type: "upsert", kind: "EndpointSlice", object: sliceObject(spec, 17, r) });
+    const changes = model.takeChanges();
+    const snap = model.snapshot();
+    const before = await sh(["ipvsadm", "-S", "-n"]);
+    exec.writes.length = 0;
+    const [ms] = await timed(() => backend.sync(snap, changes));
+    const writes = [...exec.writes];
+    await backend.checkDraining();
+    const after = await sh(["ipvsadm", "-S", "-n"]);
+    changeOurs.push(ms);
+    changeBatches.push(writes.map((w) => `${w.tool}: ${w.stdin.trim()}`).join(" | "));
+    // The reference applies the same batch to the same starting state, then the state is put back.
+    await sh(["ipvsadm", "-C"]);
+    await sh(["ipvsadm", "-R"], before.stdout);
+    changeRef.push(await reference(writes));
+    await sh(["ipvsadm", "-C"]);
+    await sh(["ipvsadm", "-R"], after.stdout);
+  }
+
+  Bun.gc(true);
+  const memory = process.memoryUsage();
+  const f = (ms: number) => Math.round(ms);
+  console.log(
+    JSON.stringify({
+      services: SERVICES,
+      servicePorts: loaded.services.size,
+      virtualServers,
+      batchLines,
+      full: { oursMs: f(median(fullOurs)), referenceMs: f(median(fullRef)), ratio: +(median(fullOurs) / median(fullRef)).toFixed(2), samples: { ours: fullOurs.map(f), reference: fullRef.map(f) } },
+      oneEndpoint: {
+        oursMs: f(median(changeOurs)),
+        referenceMs: f(median(changeRef)),
+        ratio: +(median(changeOurs) / median(changeRef)).toFixed(2),
+        samples: { ours: changeOurs.map(f), reference: changeRef.map(f) },
+        batches: changeBatches.slice(0, 2),
+      },
+      steadyFullSyncMs: f(steadyMs),
+      rssMiB: +(memory.rss / 2 ** 20).toFixed(1),
+      heapUsedMiB: +(memory.heapUsed / 2 ** 20).toFixed(1),
+    }),
+  );
+  await backend.close();
+}
+
+await main();
+process.exit(0);
