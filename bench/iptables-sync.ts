@@ -63,6 +63,8 @@ function backendFor(exec: Exec, flavour: IptablesFlavour): IptablesBackend {
     localAddresses: () => [],
     metrics: createMetrics({ proc: null }),
     logger: silentLogger,
+    // As configured by default (half of the 30 s syncPeriod).
+    canaryCheckIntervalMs: 15_000,
   });
 }
 
@@ -135,7 +137,7 @@ async function workerSync(flavour: IptablesFlavour, services: number, bareUnpiec
   const partial: number[] = [];
   const bare: number[] = [];
   const partialLines: number[] = [];
-  for (let r = 1; r <= 9; r += 2) {
+  for (let r = 1; r <= 5; r += 2) {
     model.apply({ type: "upsert", kind: "EndpointSlice", object: sliceObject(spec, 17, r) });
     const changes = model.takeChanges();
     const snap = model.snapshot();
@@ -148,12 +150,30 @@ async function workerSync(flavour: IptablesFlavour, services: number, bareUnpiec
     bare.push(await bareRestore(flavour, input));
   }
   out["partialMs"] = median(partial);
+  out["partialRuns"] = partial.length;
   out["barePartialMs"] = median(bare);
   out["partialLines"] = median(partialLines);
 
-  Bun.gc(true);
-  out["rssMB"] = Math.round(process.memoryUsage().rss / 1e5) / 10;
   return out;
+}
+
+const rssMB = () => {
+  Bun.gc(true);
+  return Math.round(process.memoryUsage().rss / 1e5) / 10;
+};
+
+/** Inside a namespace: resident memory of what a kproxy process holds (model, backend state) after a full sync. */
+async function workerRss(flavour: IptablesFlavour, services: number): Promise<Record<string, unknown>> {
+  const baselineMB = rssMB();
+  const { model } = loadModel(services);
+  const modelMB = rssMB();
+  const backend = backendFor(bunExec, flavour);
+  await backend.sync(model.snapshot(), model.takeChanges());
+  const syncedMB = rssMB();
+  // The allocator hands freed pages back to the system on a timer; this is what a running kproxy holds.
+  await Bun.sleep(5000);
+  const settledMB = rssMB();
+  return { flavour, services, baselineMB, modelMB, syncedMB, settledMB, heapMB: Math.round(process.memoryUsage().heapUsed / 1e5) / 10 };
 }
 
 /** Inside a namespace: event → rules restored, through the model and the sync loop. */
@@ -226,7 +246,9 @@ async function main(): Promise<void> {
     const result =
       kind === "sync"
         ? await workerSync(flavour as IptablesFlavour, Number(services), extra === "bare")
-        : await workerLatency(flavour as IptablesFlavour, Number(services), Number(extra));
+        : kind === "rss"
+          ? await workerRss(flavour as IptablesFlavour, Number(services))
+          : await workerLatency(flavour as IptablesFlavour, Number(services), Number(extra));
     console.log(JSON.stringify(result));
     return;
   }
@@ -239,6 +261,7 @@ async function main(): Promise<void> {
   const nftSmall = await inFreshNamespace(["sync", "nft", "2000", "bare"]);
   const latLegacy = await inFreshNamespace(["latency", "legacy", "1000", "100"]);
   const latNft = await inFreshNamespace(["latency", "nft", "1000", "100"]);
+  const rss = await inFreshNamespace(["rss", "legacy", String(services)]);
 
   const rows: [string, string, string, string][] = [
     ["", "legacy", "nft", "goal"],
@@ -264,12 +287,17 @@ async function main(): Promise<void> {
     [`nft 2,000 services: bare --noflush in one piece`, "", fmt(nftSmall["bareFreshMs"]), ""],
     [`nft 2,000 services: kproxy first full sync (pieces)`, "", fmt(nftSmall["kproxyFreshMs"]), ""],
     [`  speed-up of pieces`, "", ratio(nftSmall["bareFreshMs"], nftSmall["kproxyFreshMs"]), ""],
-    [`one endpoint changed: partial sync (median of 5)`, fmt(legacy["partialMs"]), fmt(nft["partialMs"]), ""],
+    [`one endpoint changed: partial sync (median of ${legacy["partialRuns"]})`, fmt(legacy["partialMs"]), fmt(nft["partialMs"]), ""],
     [`  bare restore of the same input (${legacy["partialLines"]} lines)`, fmt(legacy["barePartialMs"]), fmt(nft["barePartialMs"]), ""],
     [`  ratio`, ratio(legacy["partialMs"], legacy["barePartialMs"]), ratio(nft["partialMs"], nft["barePartialMs"]), "≤ 1.2"],
     [`event → rules, 1,000 services, p50`, fmt(latLegacy["p50Ms"]), fmt(latNft["p50Ms"]), ""],
     [`event → rules, 1,000 services, p99`, fmt(latLegacy["p99Ms"]), fmt(latNft["p99Ms"]), "< 100 ms"],
-    [`RSS, ${services} services loaded and synced`, `${legacy["rssMB"]} MB`, `${nft["rssMB"]} MB`, "< 150 MB"],
+    [
+      `RSS: bun alone / model loaded / after full sync / 5 s later`,
+      `${rss["baselineMB"]} / ${rss["modelMB"]} / ${rss["syncedMB"]} / ${rss["settledMB"]} MB`,
+      "",
+      "< 150 MB",
+    ],
   ];
   const widths = [0, 1, 2, 3].map((c) => Math.max(...rows.map((r) => r[c]?.length ?? 0)));
   for (const row of rows) console.log(row.map((cell, c) => cell.padEnd(widths[c] ?? 0)).join("  "));

@@ -5,8 +5,8 @@
  * A full sync rewrites every kproxy chain and deletes per-service chains no longer wanted; a partial
  * sync rewrites only the changed service ports' chains plus the top-level ones. A sync is full when
  * the loop asks for it, after any failure, and when a canary chain is gone (someone flushed the
- * tables, taking the jump rules with them). The canaries are checked at the start of every sync
- * (three `-S` calls in parallel, a few ms); the jump rules from built-in chains are ensured with
+ * tables, taking the jump rules with them). The canaries are checked at the start of a sync, at
+ * most every `canaryCheckIntervalMs` (half a syncPeriod from the configuration); the jump rules from built-in chains are ensured with
  * `-C`/`-I` at start, after a failure and when a canary is gone, so restarts never duplicate them
  * and a flush is repaired by the next sync.
  *
@@ -23,6 +23,7 @@ import type { ChangeSet, Endpoint, IPFamily, ServicePort, Snapshot } from "../..
 import { Conntrack } from "../../system/conntrack.ts";
 import { bunExec, type Exec } from "../../system/exec.ts";
 import { detectIptablesFlavour, Iptables, type IptablesFlavour } from "../../system/iptables.ts";
+import { type Clock, realClock } from "../../system/clock.ts";
 import type { Backend, SyncResult } from "../backend.ts";
 import { hostAddresses, type LocalAddresses, ruleOptionsForNode, ruleOptionsFromConfig } from "../iptables-options.ts";
 import { type ProxierHealthCheck, ServiceHealthServer } from "../../server/service-health.ts";
@@ -61,6 +62,14 @@ export interface IptablesBackendOptions {
   /** Runs once before the first sync (kernel settings); its failures are the callee's to log. */
   readonly prepare?: () => Promise<void>;
   /**
+   * Least time between two canary checks (default 0: every sync). Each check is three `-S` calls,
+   * and with iptables-legacy each one reads the whole table from the kernel under the xtables lock,
+   * which shows in the latency of small syncs on large tables; upstream checks once per syncPeriod.
+   */
+  readonly canaryCheckIntervalMs?: number;
+  /** For the canary interval; the real clock when omitted. */
+  readonly clock?: Clock;
+  /**
    * nft flavour only: full restores longer than this many nat lines go in pieces of about this
    * size (see chunks.ts); 0 restores in one piece always.
    */
@@ -72,6 +81,8 @@ interface FamilyState {
   readonly iptables: Iptables;
   /** Canaries and jumps are in place and the last restore succeeded. */
   ready: boolean;
+  /** When the canaries were last seen (Clock ms). */
+  canaryCheckedAt: number;
   /** Per-service nat chains in the kernel as of the last successful restore; unknown after a failure. */
   natChains: ReadonlySet<string> | undefined;
 }
@@ -220,7 +231,13 @@ export class IptablesBackend implements Backend {
   private stateOf(family: IPFamily, flavour: IptablesFlavour): FamilyState {
     let state = this.states.get(family);
     if (!state) {
-      state = { family, iptables: new Iptables(this.options.exec, family, flavour), ready: false, natChains: undefined };
+      state = {
+        family,
+        iptables: new Iptables(this.options.exec, family, flavour),
+        ready: false,
+        canaryCheckedAt: Number.NEGATIVE_INFINITY,
+        natChains: undefined,
+      };
       this.states.set(family, state);
     }
     return state;
@@ -305,14 +322,20 @@ export class IptablesBackend implements Backend {
     options: RuleOptions,
   ): Promise<{ filter: number; nat: number; partial: boolean }> {
     const { logger, metrics } = this.options;
-    if (state.ready && !(await this.canaryPresent(state))) {
+    const now = (this.options.clock ?? realClock).now();
+    const checkCanary = state.ready && now - state.canaryCheckedAt >= (this.options.canaryCheckIntervalMs ?? 0);
+    if (checkCanary) state.canaryCheckedAt = now;
+    if (checkCanary && !(await this.canaryPresent(state))) {
       logger.warn("kproxy's canary chain is gone (the tables were flushed); rewriting every rule", { family: state.family });
       state.ready = false;
       state.natChains = undefined;
     }
     const partial = !changes.full && state.ready && state.natChains !== undefined;
     // Jumps live in chains anyone may flush; the canary going with them is what says so.
-    if (!state.ready) await this.ensureBase(state, options);
+    if (!state.ready) {
+      await this.ensureBase(state, options);
+      state.canaryCheckedAt = now;
+    }
     const existing = state.natChains ?? (await state.iptables.chains("nat"));
 
     const context: GenerateContext = partial
@@ -410,6 +433,8 @@ export function iptablesBackendFromConfig(config: Config, deps: IptablesBackendD
     metrics: deps.metrics,
     logger,
     serviceHealth: new ServiceHealthServer({ health: deps.health, logger }),
+    // A flush is then noticed, and repaired, within one syncPeriod, as upstream's canary monitor does.
+    canaryCheckIntervalMs: config.iptables.syncPeriod / 2,
     prepare: async () => {
       await applySysctls({
         conntrack: config.conntrack,

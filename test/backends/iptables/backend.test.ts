@@ -10,7 +10,8 @@ import { createMetrics } from "../../../src/metrics.ts";
 import type { ChangeSet, Snapshot } from "../../../src/model/types.ts";
 import type { Exec, ExecOptions, ExecResult } from "../../../src/system/exec.ts";
 import type { Sysctl } from "../../../src/system/sysctl.ts";
-import { endpoint, servicePort, snapshot, testNode } from "./helpers.ts";
+import { FakeClock } from "../../helpers/fake-clock.ts";
+import { endpoint, servicePort, snapshot } from "./helpers.ts";
 
 /**
  * A fake kernel behind a fake Exec: chains and rules per binary family ("iptables-legacy",
@@ -253,6 +254,33 @@ describe("IptablesBackend", () => {
     exec.deleteChain("iptables-legacy", "nat", "KUBE-PROXY-CANARY");
     await backend.sync(world([[web, webEps]]), full);
     expect(exec.tables.get("iptables-legacy/nat")?.get("PREROUTING")).toHaveLength(1);
+  });
+
+  test("with a canary interval, syncs in between skip the check; the first one after it looks again", async () => {
+    const exec = new FakeIptables();
+    const clock = new FakeClock();
+    const backend = new IptablesBackend({
+      exec,
+      flavour: "legacy",
+      ruleOptions: defaultRuleOptions,
+      nodePortAddresses: [],
+      localAddresses: () => [],
+      metrics: createMetrics({ proc: null }),
+      logger: memoryLogger(),
+      canaryCheckIntervalMs: 1000,
+      clock,
+    });
+    await backend.sync(world([[web, webEps]]), full);
+    exec.clear();
+    await clock.advance(400);
+    await backend.sync(world([[web, webEps.slice(1)]]), partialOf(web.key));
+    expect(verbs(exec, "-S")).toHaveLength(0);
+    exec.deleteChain("iptables-legacy", "nat", "KUBE-PROXY-CANARY");
+    await clock.advance(700);
+    const result = await backend.sync(world([[web, webEps]]), partialOf(web.key));
+    expect(verbs(exec, "-S").length).toBeGreaterThanOrEqual(3);
+    expect(result.partial).toBe(false);
+    expect(exec.chainsOf("iptables-legacy", "nat")).toContain("KUBE-PROXY-CANARY");
   });
 
   test("a removed service's chains are deleted by the next full sync", async () => {
