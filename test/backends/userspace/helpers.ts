@@ -28,7 +28,8 @@ export async function startBackend(onConnection: (s: net.Socket) => void): Promi
     s.on("error", () => {});
     onConnection(s);
   });
-  await new Promise<void>((resolve) => server.listen(0, HOST, resolve));
+  // A deep accept queue: the 1,000-connection test dials them all at once.
+  await new Promise<void>((resolve) => server.listen({ port: 0, host: HOST, backlog: 4096 }, resolve));
   const port = (server.address() as net.AddressInfo).port;
   return {
     port,
