@@ -1,4 +1,8 @@
 import { describe, expect, test } from "bun:test";
+import { existsSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { defaultRuleOptions } from "../../../src/backends/iptables/options.ts";
 import { IpvsBackend, type IpvsBackendOptions, ipvsUnavailableReason } from "../../../src/backends/ipvs/backend.ts";
 import { cleanupIpvs } from "../../../src/backends/ipvs/cleanup.ts";
@@ -7,6 +11,8 @@ import { createMetrics } from "../../../src/metrics.ts";
 import type { ChangeSet, Endpoint, ServicePort, Snapshot } from "../../../src/model/types.ts";
 import type { Sysctl } from "../../../src/system/sysctl.ts";
 import { FakeClock } from "../../helpers/fake-clock.ts";
+import { Child } from "../../helpers/process.ts";
+import { needs } from "../../helpers/require.ts";
 import { endpoint, servicePort, snapshot, testNode } from "../iptables/helpers.ts";
 import { FakeKernel } from "./fake-kernel.ts";
 
@@ -239,5 +245,22 @@ describe("ipvsUnavailableReason", () => {
       ipvsUnavailableReason(() => ({ exitCode: 2, stderr: "Can't initialize ipvs: Protocol not available\nAre you sure that IP Virtual Server is built in the kernel or as module?\n" })),
     ).toBe("Can't initialize ipvs: Protocol not available; Are you sure that IP Virtual Server is built in the kernel or as module?");
     expect(ipvsUnavailableReason(() => ({ exitCode: 127, stderr: "" }))).toBe("ipvsadm exited 127");
+  });
+});
+
+// This machine kind's kernel has no IPVS: kproxy must refuse the mode loudly instead of falling back.
+const noIpvs = needs(!existsSync("/proc/net/ip_vs") && ipvsUnavailableReason() !== undefined, "needs a kernel without IPVS");
+describe("kproxy --proxy-mode ipvs without IPVS in the kernel", () => {
+  noIpvs("says so and exits non-zero", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "kproxy-ipvs-"));
+    try {
+      await writeFile(join(dir, "services.yaml"), "");
+      const child = new Child([process.execPath, join(import.meta.dir, "../../../src/main.ts"), "--proxy-mode", "ipvs", "--services-file", join(dir, "services.yaml"), "--healthz-bind-address", "127.0.0.1:0", "--metrics-bind-address", "127.0.0.1:0"]);
+      expect(await child.exited(15_000)).toBe(1);
+      expect(child.stderr).toContain("the ipvs mode needs IPVS in the kernel");
+      expect(child.stderr).toContain("does not fall back to iptables");
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -1,5 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { defaultRuleOptions } from "../../../src/backends/iptables/options.ts";
+import { plannerFor } from "../../../src/backends/planners.ts";
+import { defaultConfig } from "../../../src/config/index.ts";
 import { parseIpAddr } from "../../../src/backends/ipvs/addresses.ts";
 import { withDraining } from "../../../src/backends/ipvs/graceful.ts";
 import { companionRules, DesiredState, type IpvsPlanEnv, planServicePort, planSnapshot, wantedIpsets } from "../../../src/backends/ipvs/plan.ts";
@@ -176,5 +178,20 @@ describe("parseIpAddr", () => {
     ]);
     expect(parseIpAddr(json)).toEqual({ dummyExists: true, dummy: ["10.96.0.1", "fd00:96::1"], others: ["127.0.0.1", "::1", "192.168.0.2"] });
     expect(parseIpAddr("[]").dummyExists).toBe(false);
+  });
+});
+
+describe("--dry-run planner", () => {
+  test("plannerFor(ipvs) prints virtual servers, kube-ipvs0 addresses, sets and rules without touching anything", () => {
+    const config = { ...defaultConfig(), mode: "ipvs" as const, ipvs: { ...defaultConfig().ipvs, scheduler: "wrr" as const } };
+    const planner = plannerFor(config, () => ["192.168.0.2", "127.0.0.1"]);
+    const sp = servicePort("ns", "web", "", { clusterIP: "10.96.0.10", port: 80, nodePort: 30080 });
+    const text = planner?.(snapshot([[sp, [remote("10.0.2.1")]]])) ?? "";
+    expect(text).toContain("-A -t 10.96.0.10:80 -s wrr\n-a -t 10.96.0.10:80 -r 10.0.2.1:8080 -m -w 1\n");
+    expect(text).toContain("-A -t 192.168.0.2:30080 -s wrr\n");
+    expect(text).not.toContain("127.0.0.1:30080");
+    expect(text).toContain("# addresses on kube-ipvs0\n10.96.0.10\n");
+    expect(text).toContain("add KUBE-NODE-PORT-TCP 30080 -exist\n");
+    expect(text).toContain("# IPv4: iptables-restore --noflush\n*filter\n");
   });
 });
