@@ -257,6 +257,8 @@ export class IptablesBackend implements Backend {
     let filter = 0;
     let nat = 0;
     let partial = true;
+    let noLocalInternal = 0;
+    let noLocalExternal = 0;
     const errors: string[] = [];
     for (const family of families) {
       try {
@@ -264,11 +266,15 @@ export class IptablesBackend implements Backend {
         filter += result.filter;
         nat += result.nat;
         partial &&= result.partial;
+        noLocalInternal += result.noLocalInternal;
+        noLocalExternal += result.noLocalExternal;
       } catch (err) {
         errors.push(`${family}: ${err instanceof Error ? err.message : String(err)}`);
       }
     }
     if (errors.length > 0) throw new Error(`iptables sync failed (${errors.join("; ")})`);
+    this.options.metrics.noLocalEndpointsTotal.set({ traffic_policy: "internal" }, noLocalInternal);
+    this.options.metrics.noLocalEndpointsTotal.set({ traffic_policy: "external" }, noLocalExternal);
 
     // The first sync after a start has nothing to compare with: flushing every UDP service's flows
     // then would break healthy ones on each restart (the rules were kept; so are the flows).
@@ -320,7 +326,7 @@ export class IptablesBackend implements Backend {
     snapshot: Snapshot,
     changes: ChangeSet,
     options: RuleOptions,
-  ): Promise<{ filter: number; nat: number; partial: boolean }> {
+  ): Promise<{ filter: number; nat: number; partial: boolean; noLocalInternal: number; noLocalExternal: number }> {
     const { logger, metrics } = this.options;
     const now = (this.options.clock ?? realClock).now();
     const checkCanary = state.ready && now - state.canaryCheckedAt >= (this.options.canaryCheckIntervalMs ?? 0);
@@ -359,10 +365,6 @@ export class IptablesBackend implements Backend {
     }
     state.ready = true;
     state.natChains = generated.activeNatChains;
-    if (!partial) {
-      metrics.noLocalEndpointsTotal.set({ traffic_policy: "internal" }, generated.counts.noLocalEndpointsInternal);
-      metrics.noLocalEndpointsTotal.set({ traffic_policy: "external" }, generated.counts.noLocalEndpointsExternal);
-    }
     logger.debug(3, "Restored iptables rules", {
       family: state.family,
       partial,
@@ -374,6 +376,9 @@ export class IptablesBackend implements Backend {
       filter: generated.counts.filterRules,
       nat: partial ? generated.counts.natRules : generated.counts.natRulesTotal,
       partial,
+      // Counted over every service port, partial sync or not: the top-level chains are always rewritten.
+      noLocalInternal: generated.counts.noLocalEndpointsInternal,
+      noLocalExternal: generated.counts.noLocalEndpointsExternal,
     };
   }
 
