@@ -11,15 +11,16 @@ import { hostAddresses } from "./backends/iptables-options.ts";
 import { cleanupIpvs } from "./backends/ipvs/cleanup.ts";
 import { ipvsBackendFromConfig, ipvsUnavailableReason } from "./backends/ipvs/backend.ts";
 import { plannerFor } from "./backends/planners.ts";
+import { userspaceBackendFromConfig } from "./backends/userspace/backend.ts";
 import { CliError, helpText, parseArgs, resolveConfig } from "./cli.ts";
 import { type Config, ConfigError, configzObject, effectiveProxyMode, nodeName, writeConfigFile } from "./config/index.ts";
-import { DEMO_MANIFEST, DEMO_NODE_NAME } from "./demo.ts";
+import { type Demo, DEMO_NODE_NAME, portFree, startDemo } from "./demo.ts";
 import { connect } from "./kube/connect.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { createMetrics, type KproxyMetrics } from "./metrics.ts";
 import { ProxyModel } from "./model/tracker.ts";
 import { ProxierHealth } from "./server/health.ts";
-import { BindError } from "./server/serve.ts";
+import { BindError, type ServerHandle } from "./server/serve.ts";
 import { startHealthServer, startMetricsServer } from "./server/start.ts";
 import { ApiSource } from "./source/api.ts";
 import { ManifestSource, type ManifestFiles } from "./source/manifest.ts";
@@ -41,27 +42,41 @@ export interface MainIO {
   readonly stopSignal: AbortSignal;
 }
 
-const demoFiles: ManifestFiles = {
-  read: async () => DEMO_MANIFEST,
-  stat: async () => ({ mtimeMs: 0, size: DEMO_MANIFEST.length, ino: 0 }),
+const demoFiles = (manifest: string): ManifestFiles => ({
+  read: async () => manifest,
+  stat: async () => ({ mtimeMs: 0, size: manifest.length, ino: 0 }),
   watch: () => () => {},
-};
+});
 
 function versionLine(): string {
   return `kproxy ${version} (bun ${Bun.version}, ${buildTarget})`;
 }
 
-/** The demo runs without root or a cluster: loopback servers, the demo node, nothing applied. */
-function demoConfig(config: Config): Config {
+/**
+ * The demo runs without root or a cluster: loopback servers, the demo node, the userspace mode (unless
+ * another mode was asked for) relaying on 127.0.0.1, nothing written to the kernel. A default server
+ * port that is taken is swapped for a free one, said in `notes`.
+ */
+function demoConfig(config: Config, notes: string[]): Config {
+  const healthz = config.healthzBindAddress.startsWith("0.0.0.0:") ? "127.0.0.1:10256" : config.healthzBindAddress;
+  const free = (address: string, name: string) => {
+    const m = /^127\.0\.0\.1:(\d+)$/.exec(address);
+    if (!m || m[1] === "0" || portFree("127.0.0.1", Number(m[1]))) return address;
+    notes.push(`port ${m[1]} on 127.0.0.1 is taken; the demo's ${name} server uses a free port (see "Serving")`);
+    return "127.0.0.1:0";
+  };
   return {
     ...config,
+    mode: config.mode === "" ? "userspace" : config.mode,
+    bindAddress: "127.0.0.1",
     hostnameOverride: DEMO_NODE_NAME,
-    healthzBindAddress: config.healthzBindAddress.startsWith("0.0.0.0:") ? "127.0.0.1:10256" : config.healthzBindAddress,
+    healthzBindAddress: free(healthz, "health"),
+    metricsBindAddress: free(config.metricsBindAddress, "metrics"),
   };
 }
 
-function sourceFor(config: Config, cli: ReturnType<typeof parseArgs>, node: string, logger: Logger): Source | Promise<Source> {
-  if (cli.demo) return new ManifestSource({ path: "<built-in demo>", files: demoFiles, logger });
+function sourceFor(config: Config, cli: ReturnType<typeof parseArgs>, node: string, logger: Logger, demo: Demo | undefined): Source | Promise<Source> {
+  if (demo) return new ManifestSource({ path: "<built-in demo>", files: demoFiles(demo.manifest), logger });
   if (cli.servicesFile !== undefined) return new ManifestSource({ path: cli.servicesFile, logger });
   return connect({
     kubeconfigPath: config.clientConnection.kubeconfig || undefined,
@@ -83,6 +98,8 @@ function backendFor(config: Config, apply: Apply, io: MainIO, logger: Logger, de
   if (apply === "print") {
     return new DryRunBackend(mode, planner, (plan) => io.stdout(plan));
   }
+  // Plan-only runs (the demo) relay on one thread and never write portal rules, even as root.
+  if (mode === "userspace") return userspaceBackendFromConfig(config, { logger, portals: apply === "apply" ? "auto" : "off", ...(apply === "apply" ? {} : { threads: 1 }) });
   if (apply === "apply" && mode === "iptables") return iptablesBackendFromConfig(config, { metrics: deps.metrics, health: deps.health, logger });
   if (apply === "apply" && mode === "ipvs") {
     // Upstream falls back to iptables here; kproxy refuses, so an operator who asked for ipvs notices.
@@ -137,7 +154,8 @@ export async function main(argv: readonly string[], io: MainIO): Promise<number>
     }
     throw err;
   }
-  if (cli.demo) config = demoConfig(config);
+  const demoNotes: string[] = [];
+  if (cli.demo) config = demoConfig(config, demoNotes);
 
   const logger = createLogger({
     format: config.logging.format === "json" ? "json" : "text",
@@ -145,6 +163,7 @@ export async function main(argv: readonly string[], io: MainIO): Promise<number>
     write: (line) => io.stderr(`${line}\n`),
   });
   for (const warning of warnings) logger.warn(warning);
+  for (const note of demoNotes) logger.warn(note);
 
   if (cli.writeConfigTo !== undefined) {
     writeConfigFile(cli.writeConfigTo, config);
@@ -189,7 +208,19 @@ export async function main(argv: readonly string[], io: MainIO): Promise<number>
     throw err;
   }
 
-  const servers = [];
+  let demo: Demo | undefined;
+  if (cli.demo) {
+    try {
+      demo = await startDemo();
+    } catch (err) {
+      logger.error("Cannot start the demo", { err });
+      await backend.close();
+      return EXIT_CONFIG;
+    }
+    if (demo.nodePortNote !== undefined) logger.warn(demo.nodePortNote);
+  }
+
+  const servers: ServerHandle[] = [];
   if (!cli.dryRun) {
     try {
       const healthServer = await startHealthServer({ address: config.healthzBindAddress, health, metrics, logger, clock, hardFail: config.bindAddressHardFail });
@@ -207,6 +238,7 @@ export async function main(argv: readonly string[], io: MainIO): Promise<number>
       if (err instanceof BindError) {
         logger.error("Cannot bind, and bindAddressHardFail is set", { err });
         for (const s of servers) await s.stop();
+        await demo?.stop();
         return EXIT_CONFIG;
       }
       throw err;
@@ -218,6 +250,21 @@ export async function main(argv: readonly string[], io: MainIO): Promise<number>
 
   const model = new ProxyModel({ nodeName: node, logger, now: () => clock.now() });
   let dryRunDone: (() => void) | undefined;
+  // The demo shows its Service working once, after the first sync, then leaves everything up.
+  let demoRequests: (() => Promise<void>) | undefined;
+  if (demo && mode === "userspace" && !cli.dryRun) {
+    const d = demo;
+    const print = (line: string) => io.stdout(`${line}\n`);
+    demoRequests = async () => {
+      print(`demo: Service demo/web, NodePort ${d.nodePort} on 127.0.0.1, endpoints ${d.backends.map((b) => `${b.name} (127.0.0.1:${b.port})`).join(" and ")}`);
+      await d.sendRequests(print);
+      for (const s of servers) {
+        const port = await s.listening;
+        if (port !== undefined) print(`${s.name}: http://127.0.0.1:${port}/${s.name === "healthz" ? "healthz" : "metrics"}`);
+      }
+      print("kproxy keeps serving; stop it with Ctrl-C");
+    };
+  }
   const loop = new SyncLoop({
     model,
     backend,
@@ -229,13 +276,18 @@ export async function main(argv: readonly string[], io: MainIO): Promise<number>
     syncPeriodMs: syncPeriods.syncPeriod,
     onSynced: (outcome) => {
       if (cli.dryRun && outcome.ok) dryRunDone?.();
+      if (outcome.ok && demoRequests) {
+        const run = demoRequests;
+        demoRequests = undefined;
+        void run();
+      }
     },
   });
   if (cli.dryRun) dryRunDone = () => stop.abort();
 
   let exitCode = EXIT_OK;
   try {
-    const source = await sourceFor(config, cli, node, logger);
+    const source = await sourceFor(config, cli, node, logger, demo);
     const sourceDone = source.start((event) => model.apply(event), stop.signal);
     const loopDone = loop.start(stop.signal);
     await Promise.all([sourceDone, loopDone]);
@@ -246,6 +298,7 @@ export async function main(argv: readonly string[], io: MainIO): Promise<number>
     stop.abort();
     for (const s of servers) await s.stop();
     await backend.close();
+    await demo?.stop();
     io.stopSignal.removeEventListener("abort", onStop);
   }
   // Kernel state is deliberately left in place: a restarted kproxy takes it over without a gap.

@@ -54,7 +54,7 @@ describe("build.ts", () => {
     const child = new Child([join(outdir, "kproxy"), "--demo", "--healthz-bind-address", "127.0.0.1:0", "--metrics-bind-address", "127.0.0.1:0"]);
     try {
       const m = await child.waitFor(/"Serving" server="healthz" address="127\.0\.0\.1:0" port=(\d+)/);
-      await child.waitFor(/Planned proxy rules/);
+      await child.waitFor(/answers: backend-\w \d+, backend-\w \d+/);
       expect((await fetch(`http://127.0.0.1:${m[1]}/healthz`)).status).toBe(200);
       child.kill("SIGTERM");
       expect(await child.exited()).toBe(0);

@@ -1,9 +1,10 @@
 import type { Config } from "../config/index.ts";
-import { effectiveProxyMode } from "../config/index.ts";
+import { effectiveProxyMode, parsePortRange } from "../config/index.ts";
 import { categorizeEndpoints } from "../model/topology.ts";
 import type { IPFamily, Snapshot } from "../model/types.ts";
 import { generateRules } from "./iptables/rules.ts";
 import { planIpvsText } from "./ipvs/backend.ts";
+import { defaultHostIP, planUserspaceText } from "./userspace/backend.ts";
 import { type LocalAddresses, ruleOptionsForNode, ruleOptionsFromConfig } from "./iptables-options.ts";
 
 /** Families that need rules: IPv4 always (the node's primary family here), IPv6 when a service has an IPv6 IP. */
@@ -43,7 +44,10 @@ export function plannerFor(config: Config, localAddresses: LocalAddresses): ((sn
       return (snapshot) =>
         planIpvsText(snapshot, { scheduler: config.ipvs.scheduler, ruleOptions, nodePortAddresses: config.nodePortAddresses, localAddresses });
     }
-    case "userspace":
-      return undefined;
+    case "userspace": {
+      const portRange = parsePortRange(config.portRange) ?? { base: 0, size: 0 };
+      return (snapshot) =>
+        planUserspaceText(snapshot, { bindAddress: config.bindAddress, portRange, portals: true, hostIP: defaultHostIP, categorize: categorizeEndpoints });
+    }
   }
 }

@@ -1,0 +1,578 @@
+/**
+ * The userspace mode, applied: kproxy accepts service traffic itself and relays it to endpoints.
+ *
+ * Every TCP/UDP service port gets a relay listening on a local port (from portRange, or the kernel's
+ * choice) for its ClusterIP traffic; when external traffic selects endpoints differently (Cluster vs
+ * Local traffic policy) a second relay takes externalIP, LoadBalancer IP and NodePort traffic; and a
+ * service port with a NodePort also listens on the NodePort itself. Portal rules (portals.ts) send
+ * ClusterIP/externalIP/LoadBalancer IP/NodePort traffic to the relay ports.
+ *
+ * Without root or without iptables there are no portals: NodePorts still work, because their relays
+ * listen on them, and the log says once what does not (see `portalsUnavailableReason`).
+ *
+ * Each relay has its own balancing key, fed with the endpoints the model's selection rules give
+ * (categorizeEndpoints, internal vs external traffic policy), so an endpoint change applies to the
+ * next connection; a removed service port closes its relays (running TCP connections finish) and
+ * its portal rules go with the next restore.
+ */
+import { readFileSync } from "node:fs";
+import { availableParallelism, networkInterfaces } from "node:os";
+import { type Config, parsePortRange, type PortRange } from "../../config/index.ts";
+import type { Logger } from "../../log.ts";
+import { ipFamilyOf } from "../../model/ip.ts";
+import { categorizeEndpoints, externallyAccessible } from "../../model/topology.ts";
+import type { ChangeSet, Endpoint, IPFamily, ServicePort, SessionAffinity, Snapshot } from "../../model/types.ts";
+import { bunExec, type Exec } from "../../system/exec.ts";
+import { detectIptablesFlavour, Iptables, type IptablesFlavour } from "../../system/iptables.ts";
+import type { Backend, SyncResult } from "../backend.ts";
+import { SnapshotGuard } from "../iptables/backend.ts";
+import { cleanupIptables } from "../iptables/cleanup.ts";
+import type { CategorizeEndpoints } from "../iptables/rules.ts";
+import { LoadBalancer } from "./load-balancer.ts";
+import { joinHostPort, type ProxySocket } from "./proxy-socket.ts";
+import { PORTAL_JUMPS, type PortalTarget, portalRules } from "./portals.ts";
+import { TcpRelayWorkers } from "./relay-workers.ts";
+import { startTcpRelay } from "./tcp-relay.ts";
+import { DEFAULT_UDP_IDLE_TIMEOUT_MS, startUdpRelay } from "./udp-relay.ts";
+
+export interface RelayListenOptions {
+  /** The balancing key this relay asks for endpoints; one per relay. */
+  readonly key: string;
+  readonly protocol: "TCP" | "UDP";
+  readonly host: string;
+  /** 0 lets the kernel choose. */
+  readonly port: number;
+  /** ClientIP affinity: every connection of a client must meet the same balancing state. */
+  readonly clientIPAffinity: boolean;
+}
+
+/** What the backend needs from the relays: listeners, and the endpoints each one balances over. */
+export interface RelayFactory {
+  listen(options: RelayListenOptions): Promise<ProxySocket>;
+  update(key: string, endpoints: readonly string[], affinity: SessionAffinity): void;
+  remove(key: string): void;
+  close(): Promise<void>;
+}
+
+export interface RelayPoolOptions {
+  /** TCP relay threads; 1 relays on the main thread. */
+  readonly threads: number;
+  readonly udpIdleTimeoutMs?: number;
+  readonly logger: Logger;
+}
+
+/**
+ * The real relays: TCP on worker threads sharing each port (the fast path on more than one core), UDP
+ * on the main thread. A relay thread that cannot start (say, a build without the worker entry) makes
+ * the pool fall back to relaying TCP on the main thread, once, with a warning.
+ */
+export class RelayPool implements RelayFactory {
+  private readonly balancer = new LoadBalancer();
+  private workers: TcpRelayWorkers | undefined;
+
+  constructor(private readonly options: RelayPoolOptions) {
+    if (options.threads > 1) this.workers = TcpRelayWorkers.start({ threads: options.threads, logger: options.logger });
+  }
+
+  update(key: string, endpoints: readonly string[], affinity: SessionAffinity): void {
+    this.balancer.update(key, endpoints, affinity);
+    this.workers?.update(key, endpoints, affinity);
+  }
+
+  remove(key: string): void {
+    this.balancer.remove(key);
+    this.workers?.remove(key);
+  }
+
+  async listen(o: RelayListenOptions): Promise<ProxySocket> {
+    const { logger } = this.options;
+    if (o.protocol === "UDP") {
+      return startUdpRelay({
+        serviceKey: o.key,
+        host: o.host,
+        port: o.port,
+        chooser: this.balancer,
+        idleTimeoutMs: this.options.udpIdleTimeoutMs ?? DEFAULT_UDP_IDLE_TIMEOUT_MS,
+        logger,
+      });
+    }
+    if (this.workers) {
+      try {
+        return await this.workers.listen({ serviceKey: o.key, host: o.host, port: o.port, ...(o.clientIPAffinity ? { threads: 1 } : {}) });
+      } catch (err) {
+        if (!(err instanceof Error && /relay thread/.test(err.message))) throw err;
+        logger.warn("Relay threads are unavailable; relaying TCP on the main thread", { err });
+        await this.workers.close();
+        this.workers = undefined;
+      }
+    }
+    return startTcpRelay({ serviceKey: o.key, host: o.host, port: o.port, chooser: this.balancer, logger });
+  }
+
+  async close(): Promise<void> {
+    await this.workers?.close();
+    this.workers = undefined;
+  }
+}
+
+/** What one relay of a service port serves. */
+type Role = "internal" | "external" | "nodePort";
+
+interface Listener {
+  readonly role: Role;
+  readonly key: string;
+  socket: ProxySocket | undefined;
+  /** The endpoints last handed to the balancer, joined, to skip unchanged updates. */
+  pushed: string | undefined;
+  /** The last open failure was logged; cleared when the relay opens. */
+  failureLogged: boolean;
+}
+
+interface PortState {
+  sp: ServicePort;
+  readonly listeners: Listener[];
+}
+
+/** The listener set a service port needs; a change of any of these reopens its relays. */
+function shapeOf(sp: ServicePort): string {
+  return [sp.protocol, sp.family, sp.nodePort, sp.sessionAffinity.type, separateExternal(sp)].join("|");
+}
+
+/** External traffic selects different endpoints from internal traffic, so it needs its own relay. */
+function separateExternal(sp: ServicePort): boolean {
+  return externallyAccessible(sp) && sp.internalPolicyLocal !== sp.externalPolicyLocal;
+}
+
+function rolesOf(sp: ServicePort): Role[] {
+  const roles: Role[] = ["internal"];
+  if (separateExternal(sp)) roles.push("external");
+  if (sp.nodePort !== 0) roles.push("nodePort");
+  return roles;
+}
+
+function keyOf(sp: ServicePort, role: Role): string {
+  return role === "internal" ? sp.key : `${sp.key}|${role}`;
+}
+
+/** The endpoints a relay of `role` balances over, by the model's selection rules. */
+export function endpointsFor(
+  sp: ServicePort,
+  role: Role,
+  endpoints: readonly Endpoint[],
+  node: Snapshot["node"],
+  categorize: CategorizeEndpoints = categorizeEndpoints,
+): string[] {
+  const { clusterEndpoints, localEndpoints } = categorize(sp, endpoints, node);
+  const local = role === "internal" ? sp.internalPolicyLocal : sp.externalPolicyLocal;
+  return (local ? localEndpoints : clusterEndpoints).map((ep) => joinHostPort(ep.ip, ep.port));
+}
+
+/** The address relays listen on for a family: the configured bindAddress, or "any" of that family. */
+export function listenHostFor(bindAddress: string, family: IPFamily): string {
+  const unspecified = bindAddress === "" || bindAddress === "0.0.0.0" || bindAddress === "::";
+  if (!unspecified && ipFamilyOf(bindAddress) === family) return bindAddress;
+  return family === "IPv6" ? "::" : "0.0.0.0";
+}
+
+/**
+ * This host's address on its default route, as upstream picks the host IP: host traffic to a portal
+ * is DNATed there. Falls back to any non-loopback address of the family.
+ */
+export function defaultHostIP(family: IPFamily): string | undefined {
+  const interfaces = networkInterfaces();
+  const addressOn = (name: string | undefined) =>
+    (name === undefined ? [] : (interfaces[name] ?? [])).find((a) => !a.internal && (a.family === "IPv6") === (family === "IPv6") && !a.address.startsWith("fe80"))?.address;
+  let routeInterface: string | undefined;
+  try {
+    if (family === "IPv4") {
+      for (const line of readFileSync("/proc/net/route", "utf8").split("\n").slice(1)) {
+        const [name, destination, , , , , , mask] = line.trim().split(/\s+/);
+        if (destination === "00000000" && mask === "00000000") routeInterface = name;
+        if (routeInterface) break;
+      }
+    } else {
+      for (const line of readFileSync("/proc/net/ipv6_route", "utf8").split("\n")) {
+        const fields = line.trim().split(/\s+/);
+        if (fields[0] === "0".repeat(32) && fields[1] === "00" && fields[9] !== "lo") routeInterface = fields[9];
+        if (routeInterface) break;
+      }
+    }
+  } catch {
+    // No /proc: take any address below.
+  }
+  const onRoute = addressOn(routeInterface);
+  if (onRoute) return onRoute;
+  for (const name of Object.keys(interfaces)) {
+    const ip = addressOn(name);
+    if (ip) return ip;
+  }
+  return undefined;
+}
+
+export interface UserspaceBackendOptions {
+  readonly relays: RelayFactory;
+  readonly logger: Logger;
+  readonly exec: Exec;
+  /** "off" never writes kernel rules (the demo); "auto" writes them when root and iptables allow. */
+  readonly portals: "auto" | "off";
+  /** config.bindAddress: where relays listen ("0.0.0.0" for every address). */
+  readonly bindAddress: string;
+  readonly portRange: PortRange;
+  readonly flavour: IptablesFlavour | "auto";
+  /** Why portals cannot be written here, or undefined when they can; defaults to root + a working iptables. */
+  readonly portalsUnavailableReason?: (iptables: Iptables) => Promise<string | undefined>;
+  readonly hostIP?: (family: IPFamily) => string | undefined;
+  readonly categorize?: CategorizeEndpoints;
+}
+
+/** The reason portals cannot be written: not root, or an iptables that does not answer. */
+export async function portalsUnavailableReason(iptables: Iptables): Promise<string | undefined> {
+  if (typeof process.getuid === "function" && process.getuid() !== 0) return "kproxy is not running as root";
+  try {
+    await iptables.save("nat");
+    return undefined;
+  } catch (err) {
+    return `${iptables.commands.save} does not work here (${err instanceof Error ? err.message : String(err)})`;
+  }
+}
+
+interface FamilyPortals {
+  readonly iptables: Iptables;
+  /** The jumps are known to be in place (ensured after the last restore). */
+  jumpsReady: boolean;
+  hostIPWarned: boolean;
+}
+
+export class UserspaceBackend implements Backend {
+  readonly mode = "userspace" as const;
+  private readonly ports = new Map<string, PortState>();
+  private readonly guard: SnapshotGuard;
+  private readonly categorize: CategorizeEndpoints;
+  private readonly families = new Map<IPFamily, FamilyPortals>();
+  /** Undefined until the first sync decides. */
+  private portalsOn: boolean | undefined;
+  private flavour: IptablesFlavour | undefined;
+  private readonly usedPorts = new Set<number>();
+  private nextPortOffset = 0;
+  private sctpWarned = false;
+
+  constructor(private readonly options: UserspaceBackendOptions) {
+    this.guard = new SnapshotGuard(options.logger);
+    this.categorize = options.categorize ?? categorizeEndpoints;
+    if (options.flavour !== "auto") this.flavour = options.flavour;
+  }
+
+  /** Whether portal rules are written; undefined before the first sync. */
+  get portalsEnabled(): boolean | undefined {
+    return this.portalsOn;
+  }
+
+  private async decidePortals(): Promise<boolean> {
+    const { logger } = this.options;
+    let reason: string | undefined;
+    if (this.options.portals === "off") {
+      reason = "portal rules are off for this run";
+    } else {
+      this.flavour ??= await detectIptablesFlavour(this.options.exec);
+      const check = this.options.portalsUnavailableReason ?? portalsUnavailableReason;
+      reason = await check(new Iptables(this.options.exec, "IPv4", this.flavour));
+    }
+    if (reason !== undefined) {
+      logger.warn(
+        "Userspace mode without portal rules: ClusterIPs, externalIPs and LoadBalancer IPs are not reachable through kproxy; NodePorts are served by listening on them directly",
+        { reason },
+      );
+      return false;
+    }
+    logger.info("Userspace mode with portal rules", { flavour: this.flavour });
+    return true;
+  }
+
+  private familyPortals(family: IPFamily): FamilyPortals {
+    let state = this.families.get(family);
+    if (!state) {
+      state = { iptables: new Iptables(this.options.exec, family, this.flavour ?? "nft"), jumpsReady: false, hostIPWarned: false };
+      this.families.set(family, state);
+    }
+    return state;
+  }
+
+  async sync(input: Snapshot, changes: ChangeSet): Promise<SyncResult> {
+    this.portalsOn ??= await this.decidePortals();
+    const snapshot = this.guard.apply(input);
+    const wanted = new Map<string, ServicePort>();
+    for (const sp of snapshot.services.values()) {
+      if (sp.protocol === "SCTP") {
+        if (!this.sctpWarned) this.options.logger.warn("The userspace mode relays TCP and UDP only; SCTP service ports are skipped", { servicePort: sp.servicePortName });
+        this.sctpWarned = true;
+        continue;
+      }
+      wanted.set(sp.key, sp);
+    }
+
+    for (const [key, state] of this.ports) {
+      const sp = wanted.get(key);
+      if (sp && shapeOf(sp) === shapeOf(state.sp)) continue;
+      await this.closePort(state);
+      this.ports.delete(key);
+    }
+
+    let endpointCount = 0;
+    for (const sp of wanted.values()) {
+      let state = this.ports.get(sp.key);
+      if (!state) {
+        state = { sp, listeners: rolesOf(sp).map((role) => ({ role, key: keyOf(sp, role), socket: undefined, pushed: undefined, failureLogged: false })) };
+        this.ports.set(sp.key, state);
+        this.options.logger.debug(2, "Adding service port", { servicePort: sp.servicePortName, protocol: sp.protocol, family: sp.family });
+      }
+      state.sp = sp;
+      const all = snapshot.endpoints.get(sp.key) ?? [];
+      endpointCount += all.length;
+      for (const listener of state.listeners) {
+        // Endpoints first, so the first connection a new relay accepts has somewhere to go.
+        const endpoints = endpointsFor(sp, listener.role, all, snapshot.node, this.categorize);
+        const joined = `${sp.sessionAffinity.type === "ClientIP" ? sp.sessionAffinity.timeoutSeconds : "-"} ${endpoints.join(",")}`;
+        if (joined !== listener.pushed) {
+          this.options.relays.update(listener.key, endpoints, sp.sessionAffinity);
+          listener.pushed = joined;
+        }
+        if (!listener.socket) await this.open(sp, listener);
+      }
+    }
+
+    const result: { servicePorts: number; endpoints: number; rules?: Record<string, number> } = { servicePorts: this.ports.size, endpoints: endpointCount };
+    if (this.portalsOn) result.rules = await this.writePortals(snapshot, changes);
+    return result;
+  }
+
+  private async open(sp: ServicePort, listener: Listener): Promise<void> {
+    const host = listenHostFor(this.options.bindAddress, sp.family);
+    const clientIPAffinity = sp.sessionAffinity.type === "ClientIP";
+    const base = { key: listener.key, protocol: sp.protocol as "TCP" | "UDP", host, clientIPAffinity };
+    try {
+      listener.socket =
+        listener.role === "nodePort" ? await this.options.relays.listen({ ...base, port: sp.nodePort }) : await this.listenInRange(base);
+      listener.failureLogged = false;
+      this.options.logger.info("Relaying service port", {
+        servicePort: sp.servicePortName,
+        protocol: sp.protocol,
+        role: listener.role,
+        address: joinHostPort(host, listener.socket.port),
+      });
+    } catch (err) {
+      // Retried on the next sync; logged once until it works.
+      if (!listener.failureLogged) {
+        this.options.logger.error("Cannot listen for a service port", {
+          servicePort: sp.servicePortName,
+          protocol: sp.protocol,
+          role: listener.role,
+          ...(listener.role === "nodePort" ? { port: sp.nodePort } : {}),
+          err,
+        });
+      }
+      listener.failureLogged = true;
+    }
+  }
+
+  /** A relay port from portRange (the next free one, round the range), or the kernel's choice without one. */
+  private async listenInRange(base: Omit<RelayListenOptions, "port">): Promise<ProxySocket> {
+    const { portRange } = this.options;
+    if (portRange.size === 0) return this.options.relays.listen({ ...base, port: 0 });
+    let lastError: unknown;
+    for (let i = 0; i < portRange.size; i++) {
+      const port = portRange.base + ((this.nextPortOffset + i) % portRange.size);
+      if (this.usedPorts.has(port)) continue;
+      try {
+        const socket = await this.options.relays.listen({ ...base, port });
+        this.usedPorts.add(port);
+        this.nextPortOffset = (port - portRange.base + 1) % portRange.size;
+        return socket;
+      } catch (err) {
+        lastError = err;
+      }
+    }
+    throw new Error(`no free port in portRange ${portRange.base}+${portRange.size - 1}${lastError ? ` (last: ${String(lastError)})` : ""}`);
+  }
+
+  private async closePort(state: PortState): Promise<void> {
+    this.options.logger.debug(2, "Removing service port", { servicePort: state.sp.servicePortName, protocol: state.sp.protocol, family: state.sp.family });
+    for (const listener of state.listeners) {
+      const socket = listener.socket;
+      listener.socket = undefined;
+      if (socket) {
+        if (listener.role !== "nodePort") this.usedPorts.delete(socket.port);
+        await socket.close();
+      }
+      this.options.relays.remove(listener.key);
+    }
+  }
+
+  /** The portal targets of one family from the open relays. */
+  private portalTargets(family: IPFamily): PortalTarget[] {
+    const targets: PortalTarget[] = [];
+    for (const { sp, listeners } of this.ports.values()) {
+      if (sp.family !== family) continue;
+      const internal = listeners.find((l) => l.role === "internal")?.socket;
+      if (!internal) continue;
+      const external = listeners.find((l) => l.role === "external");
+      const externalPort = external ? external.socket?.port : internal.port;
+      targets.push({
+        servicePortName: sp.servicePortName,
+        protocol: sp.protocol as "TCP" | "UDP",
+        clusterIP: sp.clusterIP,
+        port: sp.port,
+        // Without an external relay there is nowhere to send external traffic yet.
+        externalIPs: externalPort === undefined ? [] : sp.externalIPs,
+        loadBalancerIPs: externalPort === undefined ? [] : sp.loadBalancerIPs,
+        nodePort: externalPort === undefined ? 0 : sp.nodePort,
+        proxyPort: internal.port,
+        externalProxyPort: externalPort ?? internal.port,
+      });
+    }
+    return targets;
+  }
+
+  private async writePortals(snapshot: Snapshot, changes: ChangeSet): Promise<Record<string, number>> {
+    const families = new Set<IPFamily>(this.families.keys());
+    families.add("IPv4");
+    for (const sp of snapshot.services.values()) families.add(sp.family);
+    let nat = 0;
+    let filter = 0;
+    const errors: string[] = [];
+    for (const family of families) {
+      const state = this.familyPortals(family);
+      const hostIP = (this.options.hostIP ?? defaultHostIP)(family);
+      const targets = this.portalTargets(family);
+      if (hostIP === undefined) {
+        if (!state.hostIPWarned && targets.length > 0) this.options.logger.warn("No host address to send host traffic to; no portals for this family", { family });
+        state.hostIPWarned = true;
+        continue;
+      }
+      const rules = portalRules(targets, { family, listenIP: listenHostFor(this.options.bindAddress, family), hostIP });
+      try {
+        await state.iptables.restore(rules.text);
+        // The chains exist now; the jumps into them are checked at start, after a failure and on full syncs.
+        if (!state.jumpsReady || changes.full) {
+          for (const jump of PORTAL_JUMPS) await state.iptables.ensureRule(jump);
+          state.jumpsReady = true;
+        }
+      } catch (err) {
+        state.jumpsReady = false;
+        errors.push(`${family}: ${err instanceof Error ? err.message : String(err)}`);
+        continue;
+      }
+      nat += rules.natRules;
+      filter += rules.filterRules;
+    }
+    if (errors.length > 0) throw new Error(`portal rules failed (${errors.join("; ")})`);
+    return { nat, filter };
+  }
+
+  plan(snapshot: Snapshot): string {
+    return planUserspaceText(this.guard.apply(snapshot), {
+      bindAddress: this.options.bindAddress,
+      portRange: this.options.portRange,
+      portals: this.portalsOn ?? this.options.portals === "auto",
+      hostIP: this.options.hostIP ?? defaultHostIP,
+      categorize: this.categorize,
+    });
+  }
+
+  async cleanup(): Promise<void> {
+    await cleanupIptables({ exec: this.options.exec, logger: this.options.logger });
+  }
+
+  /** Stops every relay (cutting running connections) and the relay threads; portal rules stay. */
+  async close(): Promise<void> {
+    for (const state of this.ports.values()) {
+      for (const listener of state.listeners) {
+        const socket = listener.socket;
+        listener.socket = undefined;
+        await socket?.close({ closeActive: true });
+      }
+    }
+    this.ports.clear();
+    await this.options.relays.close();
+  }
+}
+
+export interface UserspacePlanOptions {
+  readonly bindAddress: string;
+  readonly portRange: PortRange;
+  readonly portals: boolean;
+  readonly hostIP: (family: IPFamily) => string | undefined;
+  readonly categorize?: CategorizeEndpoints;
+}
+
+/**
+ * What the userspace mode would set up, for --dry-run: each relay with its endpoints, then the portal
+ * rules. Relay ports are known only once bound: from portRange they are shown in allocation order,
+ * and as 0 when the kernel will choose them.
+ */
+export function planUserspaceText(snapshot: Snapshot, options: UserspacePlanOptions): string {
+  const lines: string[] = ["# userspace relays (role, listen address, endpoints)"];
+  const targets = new Map<IPFamily, PortalTarget[]>();
+  let offset = 0;
+  const nextPort = () => (options.portRange.size === 0 ? 0 : options.portRange.base + (offset++ % options.portRange.size));
+  const sorted = [...snapshot.services.values()].filter((sp) => sp.protocol !== "SCTP").sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  for (const sp of sorted) {
+    const host = listenHostFor(options.bindAddress, sp.family);
+    const ports = new Map<Role, number>();
+    for (const role of rolesOf(sp)) {
+      const port = role === "nodePort" ? sp.nodePort : nextPort();
+      ports.set(role, port);
+      const endpoints = endpointsFor(sp, role, snapshot.endpoints.get(sp.key) ?? [], snapshot.node, options.categorize);
+      lines.push(`# ${sp.servicePortName} ${sp.protocol} ${sp.family} ${role} ${joinHostPort(host, port)} -> ${endpoints.length > 0 ? endpoints.join(" ") : "(no endpoints)"}`);
+    }
+    const internal = ports.get("internal") ?? 0;
+    const list = targets.get(sp.family) ?? [];
+    targets.set(sp.family, list);
+    list.push({
+      servicePortName: sp.servicePortName,
+      protocol: sp.protocol as "TCP" | "UDP",
+      clusterIP: sp.clusterIP,
+      port: sp.port,
+      externalIPs: sp.externalIPs,
+      loadBalancerIPs: sp.loadBalancerIPs,
+      nodePort: sp.nodePort,
+      proxyPort: internal,
+      externalProxyPort: ports.get("external") ?? internal,
+    });
+  }
+  if (!options.portals) {
+    lines.push("# no portal rules: NodePorts are served by their relays directly", "");
+    return lines.join("\n");
+  }
+  if (options.portRange.size === 0) lines.push("# relay ports chosen by the kernel are shown as 0");
+  for (const family of ["IPv4", "IPv6"] as const) {
+    const list = targets.get(family);
+    if (family === "IPv6" && !list) continue;
+    const hostIP = options.hostIP(family) ?? (family === "IPv6" ? "::1" : "127.0.0.1");
+    lines.push(`# ${family}: input for ${family === "IPv6" ? "ip6tables-restore" : "iptables-restore"} --noflush`);
+    lines.push(portalRules(list ?? [], { family, listenIP: listenHostFor(options.bindAddress, family), hostIP }).text);
+  }
+  return lines.join("\n");
+}
+
+export interface UserspaceBackendDeps {
+  readonly logger: Logger;
+  /** "off" for runs that must never write kernel rules. */
+  readonly portals: "auto" | "off";
+  /** TCP relay threads; the number of CPUs by default. */
+  readonly threads?: number;
+  readonly exec?: Exec;
+}
+
+/** The userspace backend a configuration asks for. */
+export function userspaceBackendFromConfig(config: Config, deps: UserspaceBackendDeps): UserspaceBackend {
+  const relays = new RelayPool({ threads: deps.threads ?? availableParallelism(), udpIdleTimeoutMs: config.udpIdleTimeout, logger: deps.logger });
+  return new UserspaceBackend({
+    relays,
+    logger: deps.logger,
+    exec: deps.exec ?? bunExec,
+    portals: deps.portals,
+    bindAddress: config.bindAddress,
+    portRange: parsePortRange(config.portRange) ?? { base: 0, size: 0 },
+    flavour: config.iptables.flavour,
+  });
+}
