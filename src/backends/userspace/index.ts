@@ -3,7 +3,7 @@ export type { EndpointChooser, LoadBalancerOptions } from "./load-balancer.ts";
 export { clientIPOf, ENDPOINT_DIAL_TIMEOUTS_MS, joinHostPort, splitHostPort } from "./proxy-socket.ts";
 export type { CloseOptions, ProxySocket, RelayProtocol, RelayStats } from "./proxy-socket.ts";
 export { startTcpRelay } from "./tcp-relay.ts";
-export type { TcpRelay, TcpRelayOptions } from "./tcp-relay.ts";
+export type { TcpConnect, TcpRelay, TcpRelayOptions } from "./tcp-relay.ts";
 export { DEFAULT_UDP_IDLE_TIMEOUT_MS, startUdpRelay } from "./udp-relay.ts";
 export type { UdpRelay, UdpRelayOptions } from "./udp-relay.ts";
 export { TcpRelayWorkers } from "./relay-workers.ts";

@@ -1,4 +1,4 @@
-import type { Socket, SocketHandler, TCPSocketListener, TCPSocketListenOptions } from "bun";
+import type { Socket, SocketHandler, TCPSocketConnectOptions, TCPSocketListener, TCPSocketListenOptions } from "bun";
 import type { Logger } from "../../log.ts";
 import type { EndpointChooser } from "./load-balancer.ts";
 import type { CloseOptions, ProxySocket, RelayStats } from "./proxy-socket.ts";
@@ -19,7 +19,11 @@ export interface TcpRelayOptions {
   readonly connectBufferBytes?: number;
   /** Where to keep the counters (STAT_SLOTS long, see `Stat`); a view into shared memory for workers. */
   readonly counters?: Float64Array;
+  /** Opens endpoint connections; Bun.connect unless a test needs a slow or failing network. */
+  readonly connect?: TcpConnect;
 }
+
+export type TcpConnect = <D>(options: TCPSocketConnectOptions<D>) => Promise<Socket<D>>;
 
 export interface TcpRelay extends ProxySocket {
   readonly protocol: "TCP";
@@ -173,7 +177,8 @@ function onEnd(s: Socket<Half>): void {
 
 function onClose(s: Socket<Half>, error?: Error): void {
   const h = s.data;
-  if (h.closed) return;
+  // A given-up dial that connected late was cut on open; its close concerns nobody.
+  if (h.closed || h.abandoned) return;
   h.closed = true;
   dropQueue(h);
   const conn = h.conn;
@@ -255,6 +260,7 @@ class Relay implements TcpRelay {
   readonly logger: Logger | undefined;
   readonly dialTimeoutsMs: readonly number[];
   readonly connectBufferBytes: number;
+  private readonly connect: TcpConnect;
   private listener: TCPSocketListener<Half> | undefined;
   private readonly connections = new Set<Connection>();
   readonly counters: Float64Array;
@@ -267,6 +273,7 @@ class Relay implements TcpRelay {
     this.dialTimeoutsMs = options.dialTimeoutsMs ?? ENDPOINT_DIAL_TIMEOUTS_MS;
     this.connectBufferBytes = options.connectBufferBytes ?? 256 * 1024;
     this.counters = options.counters ?? new Float64Array(STAT_SLOTS);
+    this.connect = options.connect ?? Bun.connect;
   }
 
   listen(port: number, reusePort: boolean): void {
@@ -311,6 +318,8 @@ class Relay implements TcpRelay {
     // Bytes the client sent during a failed attempt go to the next one.
     half.queue = previous.queue;
     half.queued = previous.queued;
+    previous.queue = [];
+    previous.queued = 0;
     let target: { host: string; port: number };
     try {
       target = splitHostPort(endpoint);
@@ -327,7 +336,7 @@ class Relay implements TcpRelay {
       half.abandoned = true;
       this.dialFailed(conn, new Error(`dial ${endpoint} timed out after ${timeoutMs} ms`));
     }, timeoutMs);
-    Bun.connect<Half>({
+    this.connect<Half>({
       hostname: target.host,
       port: target.port,
       allowHalfOpen: true,

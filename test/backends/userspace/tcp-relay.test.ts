@@ -2,7 +2,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import type net from "node:net";
 import { LoadBalancer } from "../../../src/backends/userspace/load-balancer.ts";
 import { startTcpRelay } from "../../../src/backends/userspace/tcp-relay.ts";
-import type { TcpRelay, TcpRelayOptions } from "../../../src/backends/userspace/tcp-relay.ts";
+import type { TcpConnect, TcpRelay, TcpRelayOptions } from "../../../src/backends/userspace/tcp-relay.ts";
 import type { Backend } from "./helpers.ts";
 import {
   closedPort,
@@ -242,6 +242,36 @@ describe("TCP relay balancing", () => {
     // The sticky record now points at the live endpoint: no more failed dials.
     for (let i = 0; i < 3; i++) expect(await fetchName(relay.port)).toBe("live");
     expect(relay.stats().dialFailures).toBe(1);
+  });
+
+  test("a dial that times out moves on; when it connects late it is cut and the client is unharmed", async () => {
+    const slow = await backend(nameServer("slow"));
+    const fast = await backend(nameServer("fast"));
+    const lb = new LoadBalancer({ random: () => 0.99 }); // keeps the given order: slow first
+    lb.update("svc", [slow.endpoint, fast.endpoint]);
+    let lateOpened = false;
+    // The slow endpoint answers its SYN 150 ms late, well after the 30 ms first-attempt timeout.
+    const slowNetwork: TcpConnect = async (options) => {
+      if (options.port === slow.port) {
+        await new Promise((r) => setTimeout(r, 150));
+        const s = await Bun.connect(options);
+        lateOpened = true;
+        return s;
+      }
+      return Bun.connect(options);
+    };
+    const relay = startTcpRelay({ serviceKey: "svc", host: HOST, port: 0, chooser: lb, connect: slowNetwork, dialTimeoutsMs: [30, 1000] });
+    cleanups.push(() => relay.close({ closeActive: true }));
+    const c = track(await connect(relay.port));
+    const got = readAll(c);
+    await eventually("late dial finished", () => lateOpened, 2000);
+    // The client's connection is still the one to the fast endpoint, and it ends normally.
+    c.end();
+    expect(await got).toBe("fast");
+    expect(relay.stats().dialFailures).toBe(1);
+    await eventually("slow side cut", () => slow.open() === 0);
+    await eventually("all closed", () => relay.stats().active === 0);
+    expect(relay.stats().bufferedBytes).toBe(0);
   });
 
   test("when no endpoint answers after every attempt the client is cut", async () => {
