@@ -31,6 +31,7 @@ const row = (name: string, ours: number, ref: number, ratio: number) => `${name.
 console.log(`ipvs sync, ${r.services} services (${r.servicePorts} service ports, ${r.virtualServers} virtual servers), guest under software emulation`);
 console.log(`${"".padEnd(34)} ${"kproxy".padStart(10)} ${"bare".padStart(10)} ${"ratio".padStart(7)}`);
 console.log(row(`full sync (${r.batchLines.ipvs} ipvsadm + ${r.batchLines.ipset} ipset lines)`, r.full.oursMs, r.full.referenceMs, r.full.ratio));
+console.log(row("  vs both tools run concurrently", r.full.oursMs, r.full.concurrentReferenceMs, r.full.concurrentRatio));
 console.log(row("one endpoint changed (partial)", r.oneEndpoint.oursMs, r.oneEndpoint.referenceMs, r.oneEndpoint.ratio));
 console.log(`periodic full sync, nothing to change: ${r.steadyFullSyncMs} ms`);
 console.log(`resident memory with the cluster loaded: ${r.rssMiB} MiB (heap ${r.heapUsedMiB} MiB)`);

@@ -22,6 +22,7 @@ import { ProxyModel } from "../../src/model/tracker.ts";
 import type { ChangeSet, Snapshot } from "../../src/model/types.ts";
 import { realClock } from "../../src/system/clock.ts";
 import { bunExec, type Exec, runChecked } from "../../src/system/exec.ts";
+import { diffIpvs, parseHostPort, type VirtualServer } from "../../src/system/ipvs.ts";
 import { procSysctl } from "../../src/system/sysctl.ts";
 import { type ClusterSpec, serviceObject, sliceObject } from "../fixtures/cluster.ts";
 
@@ -62,10 +63,46 @@ async function emptyKernel(): Promise<void> {
   await sh(["ip", "addr", "flush", "dev", "kube-ipvs0"]);
 }
 
-async function reference(writes: readonly { tool: string; stdin: string }[]): Promise<number> {
+/** The listed virtual servers ("-t 10.96.0.27:80"), with their real servers' weights, from `ipvsadm -L -n -t …`. */
+async function readServers(keys: ReadonlySet<string>): Promise<VirtualServer[]> {
+  const out: VirtualServer[] = [];
+  for (const key of keys) {
+    const [flag, hostPort] = key.split(" ") as [string, string];
+    const listed = await bunExec.run(["ipvsadm", "-L", "-n", flag, hostPort]);
+    if (listed.code !== 0) continue;
+    let vs: VirtualServer | undefined;
+    const reals: VirtualServer["realServers"][number][] = [];
+    for (const line of listed.stdout.split("\n")) {
+      const head = /^(TCP|UDP)\s+(\S+)\s+(\S+)(?:\s+persistent\s+(\d+))?/.exec(line);
+      if (head) {
+        const { address, port } = parseHostPort(head[2] as string);
+        vs = { protocol: head[1] === "UDP" ? "udp" : "tcp", address, port, scheduler: head[3] as string, persistenceTimeout: Number(head[4] ?? 0), flags: [], realServers: reals };
+      }
+      const rs = /^\s+->\s+(\S+)\s+Masq\s+(\d+)/.exec(line);
+      if (rs) reals.push({ ...parseHostPort(rs[1] as string), forwarding: "masq", weight: Number(rs[2]) });
+    }
+    if (vs) out.push(vs);
+  }
+  return out;
+}
+
+async function applyUntimed(lines: readonly string[]): Promise<void> {
+  if (lines.length > 0) await sh(["ipvsadm", "-R"], `${lines.join("\n")}\n`);
+}
+
+/** The bare tools on the same input, one after the other, or both at once (as kproxy runs them). */
+async function reference(writes: readonly { tool: string; stdin: string }[], concurrent = false): Promise<number> {
   const t = performance.now();
-  for (const w of writes) await sh(w.tool === "ipvsadm" ? ["ipvsadm", "-R"] : ["ipset", "restore"], w.stdin);
+  const apply = (w: { tool: string; stdin: string }) => sh(w.tool === "ipvsadm" ? ["ipvsadm", "-R"] : ["ipset", "restore"], w.stdin);
+  if (concurrent) await Promise.all(writes.map(apply));
+  else for (const w of writes) await apply(w);
   return performance.now() - t;
+}
+
+const t0 = performance.now();
+/** Progress on stderr (the guest's stderr file), for watching a long run. */
+function progress(what: string): void {
+  console.error(`${((performance.now() - t0) / 1000).toFixed(1)} s: ${what}`);
 }
 
 async function main(): Promise<void> {
@@ -83,6 +120,7 @@ async function main(): Promise<void> {
   const loaded = model.snapshot();
   const empty: Snapshot = { services: new Map(), endpoints: new Map(), node: loaded.node };
 
+  progress(`model loaded (${SERVICES} services)`);
   const exec = new RecordingExec();
   const backend = new IpvsBackend({
     exec,
@@ -105,12 +143,14 @@ async function main(): Promise<void> {
 
   const fullOurs: number[] = [];
   const fullRef: number[] = [];
+  const fullRefConcurrent: number[] = [];
   let batchLines = { ipvs: 0, ipset: 0 };
   for (let r = 0; r < ROUNDS; r++) {
     await emptyKernel();
     exec.writes.length = 0;
     const [ms] = await timed(() => backend.sync(loaded, full));
     fullOurs.push(ms);
+    progress(`full sync ${Math.round(ms)} ms`);
     const writes = [...exec.writes];
     batchLines = {
       ipvs: writes.filter((w) => w.tool === "ipvsadm").reduce((n, w) => n + w.stdin.split("\n").length - 1, 0),
@@ -118,6 +158,9 @@ async function main(): Promise<void> {
     };
     await emptyKernel();
     fullRef.push(await reference(writes));
+    await emptyKernel();
+    fullRefConcurrent.push(await reference(writes, true));
+    progress(`reference ${Math.round(fullRef.at(-1) ?? 0)} ms, concurrent ${Math.round(fullRefConcurrent.at(-1) ?? 0)} ms`);
   }
   // Leave the cluster loaded for the rest.
   await emptyKernel();
@@ -125,6 +168,7 @@ async function main(): Promise<void> {
   const virtualServers = (await sh(["ipvsadm", "-S", "-n"])).stdout.split("\n").filter((l) => l.startsWith("-A")).length;
 
   const [steadyMs] = await timed(() => backend.sync(loaded, full));
+  progress(`steady full sync ${Math.round(steadyMs)} ms`);
 
   // One endpoint of service 17 turns not-ready (odd revision) and back (even revision).
   const changeOurs: number[] = [];
@@ -134,20 +178,24 @@ async function main(): Promise<void> {
     model.apply({ type: "upsert", kind: "EndpointSlice", object: sliceObject(spec, 17, r) });
     const changes = model.takeChanges();
     const snap = model.snapshot();
-    const before = await sh(["ipvsadm", "-S", "-n"]);
+    const keys = new Set<string>();
+    for (const key of changes.changed) {
+      const sp = snap.services.get(key) ?? loaded.services.get(key);
+      if (sp) keys.add(`${sp.protocol === "UDP" ? "-u" : "-t"} ${sp.clusterIP}:${sp.port}`);
+    }
+    const before = await readServers(keys);
     exec.writes.length = 0;
     const [ms] = await timed(() => backend.sync(snap, changes));
     const writes = [...exec.writes];
     await backend.checkDraining();
-    const after = await sh(["ipvsadm", "-S", "-n"]);
+    const after = await readServers(keys);
     changeOurs.push(ms);
     changeBatches.push(writes.map((w) => `${w.tool}: ${w.stdin.trim()}`).join(" | "));
-    // The reference applies the same batch to the same starting state, then the state is put back.
-    await sh(["ipvsadm", "-C"]);
-    await sh(["ipvsadm", "-R"], before.stdout);
+    // The reference applies the same batch to the same starting state; the state is put back after.
+    await applyUntimed(diffIpvs(after, before));
     changeRef.push(await reference(writes));
-    await sh(["ipvsadm", "-C"]);
-    await sh(["ipvsadm", "-R"], after.stdout);
+    await applyUntimed(diffIpvs(await readServers(keys), after));
+    progress(`one endpoint: ${Math.round(ms)} ms, reference ${Math.round(changeRef.at(-1) ?? 0)} ms`);
   }
 
   Bun.gc(true);
@@ -159,7 +207,14 @@ async function main(): Promise<void> {
       servicePorts: loaded.services.size,
       virtualServers,
       batchLines,
-      full: { oursMs: f(median(fullOurs)), referenceMs: f(median(fullRef)), ratio: +(median(fullOurs) / median(fullRef)).toFixed(2), samples: { ours: fullOurs.map(f), reference: fullRef.map(f) } },
+      full: {
+        oursMs: f(median(fullOurs)),
+        referenceMs: f(median(fullRef)),
+        ratio: +(median(fullOurs) / median(fullRef)).toFixed(2),
+        concurrentReferenceMs: f(median(fullRefConcurrent)),
+        concurrentRatio: +(median(fullOurs) / median(fullRefConcurrent)).toFixed(2),
+        samples: { ours: fullOurs.map(f), reference: fullRef.map(f), concurrentReference: fullRefConcurrent.map(f) },
+      },
       oneEndpoint: {
         oursMs: f(median(changeOurs)),
         referenceMs: f(median(changeRef)),

@@ -22,6 +22,7 @@ import { ipFamilyOf } from "../../model/ip.ts";
 import { categorizeEndpoints } from "../../model/topology.ts";
 import type { ChangeSet, IPFamily, Snapshot } from "../../model/types.ts";
 import { type ProxierHealthCheck, ServiceHealthServer } from "../../server/service-health.ts";
+import { Conntrack } from "../../system/conntrack.ts";
 import { type Clock, realClock } from "../../system/clock.ts";
 import { bunExec, type Exec } from "../../system/exec.ts";
 import { diffIpsets, type Ipset, IpsetTool, ipsetLine } from "../../system/ipset.ts";
@@ -32,6 +33,7 @@ import type { Backend, SyncResult } from "../backend.ts";
 import { healthCheckState, type ServiceHealthPorts, SnapshotGuard } from "../iptables/backend.ts";
 import type { RuleOptions } from "../iptables/options.ts";
 import type { CategorizeEndpoints } from "../iptables/service-rules.ts";
+import { clearStaleConntrack, staleConntrackOps } from "../iptables/conntrack-cleanup.ts";
 import { applySysctls } from "../iptables/sysctls.ts";
 import { hostAddresses, type LocalAddresses, resolveNodePortAddresses, ruleOptionsFromConfig } from "../iptables-options.ts";
 import { familiesIn } from "../planners.ts";
@@ -73,6 +75,8 @@ export interface IpvsBackendOptions {
   readonly prepare?: () => Promise<void>;
   /** How often draining real servers are checked between syncs (default 60 s, as upstream). */
   readonly drainCheckIntervalMs?: number;
+  /** Deletes stale UDP/SCTP flows after syncs; `conntrack` through `exec` when omitted. */
+  readonly conntrack?: Conntrack;
 }
 
 /** Settings IPVS needs; conntrack=1 is required (masquerading rules see IPVS traffic only with it). */
@@ -113,6 +117,9 @@ export class IpvsBackend implements Backend {
   private applied = new Map<string, VirtualServer>();
   private appliedRules = new Map<IPFamily, string>();
   private readonly iptables = new Map<IPFamily, Iptables>();
+  private readonly conntrack: Conntrack;
+  /** The snapshot the kernel reflects, for stale UDP flow cleanup. */
+  private appliedSnapshot: Snapshot | undefined;
   /** Serializes syncs and drain checks: both write ipvs and `applied`. */
   private queue: Promise<unknown> = Promise.resolve();
 
@@ -122,6 +129,7 @@ export class IpvsBackend implements Backend {
     this.categorize = options.categorize ?? categorizeEndpoints;
     this.guard = new SnapshotGuard(options.logger);
     this.draining = new DrainingServers(options.exec);
+    this.conntrack = options.conntrack ?? new Conntrack(options.exec);
     if (options.flavour !== "auto") this.flavour = options.flavour;
   }
 
@@ -203,6 +211,13 @@ export class IpvsBackend implements Backend {
         this.desired = undefined;
         throw err;
       }
+      // As upstream: UDP flows to endpoints that are gone would keep their NAT until they time out.
+      const ops = staleConntrackOps(this.appliedSnapshot, clean, {
+        categorize: this.categorize,
+        ...(result.partial && this.appliedSnapshot ? { keys: changes.changed } : {}),
+      });
+      this.appliedSnapshot = clean;
+      if (ops.length > 0) await clearStaleConntrack(this.conntrack, ops, this.options.logger);
       const health = this.options.serviceHealth;
       if (health) {
         const { ports, localEndpoints } = healthCheckState(clean, this.categorize);
