@@ -1,0 +1,283 @@
+/**
+ * The userspace mode with real packets: kproxy runs in the node namespace of the e2e topology with a
+ * --services-file manifest the test rewrites; its relays carry the traffic and its portal rules (nft
+ * flavour) send ClusterIP and NodePort traffic to them. Probes in the node, client and pod namespaces
+ * prove the result.
+ */
+import { afterAll, beforeAll, describe, expect } from "bun:test";
+import { chmod, mkdtemp, rename, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { isRoot, type Netns } from "../helpers/netns.ts";
+import { Child, eventually } from "../helpers/process.ts";
+import { hasTool, needs } from "../helpers/require.ts";
+import { createTopology, HTTP_PORT, NODE_IP, type Pod, type Topology, UDP_PORT } from "./topology.ts";
+
+const e2e = needs(isRoot() && hasTool("ip") && hasTool("iptables-nft"), "needs root, iproute2 and iptables (nft)");
+
+const ROOT = join(import.meta.dir, "../..");
+const NODE_NAME = "node-a";
+const NS = "e2e";
+
+/**
+ * Runs inside a namespace (`bun probe.ts`): `http` makes one new connection per request and prints
+ * the bodies (or the error code); `udp` sends from one fixed source port every few ms and prints each
+ * answer with the address it came from.
+ */
+const PROBE = String.raw`
+const [mode, host, portText, a, b, c] = process.argv.slice(2);
+const port = Number(portText);
+function get() {
+  return new Promise((resolve) => {
+    let data = "";
+    const timer = setTimeout(() => resolve("ERR:timeout"), 1500);
+    Bun.connect({ hostname: host, port, socket: {
+      open(s) { s.write("GET / HTTP/1.0\r\nHost: x\r\n\r\n"); },
+      data(s, chunk) { data += new TextDecoder().decode(chunk); },
+      close() { clearTimeout(timer); const i = data.indexOf("\r\n\r\n"); resolve(i < 0 ? "ERR:empty" : data.slice(i + 4)); },
+      error(s, e) { clearTimeout(timer); resolve("ERR:" + (e.code ?? e.message)); },
+      connectError(s, e) { clearTimeout(timer); resolve("ERR:" + (e.code ?? e.message)); },
+    }}).catch((e) => { clearTimeout(timer); resolve("ERR:" + (e.code ?? e.message)); });
+  });
+}
+if (mode === "http") {
+  const out = [];
+  for (let i = 0; i < Number(a); i++) out.push(await get());
+  console.log(JSON.stringify(out));
+} else if (mode === "udp") {
+  const answers = [];
+  const sock = await Bun.udpSocket({ port: Number(a), socket: { data(s, d, fromPort, from) { answers.push(from + ":" + fromPort + " " + new TextDecoder().decode(d)); } } });
+  const until = Date.now() + Number(b);
+  while (Date.now() < until && answers.length < 3) { sock.send("ping", port, host); await Bun.sleep(Number(c)); }
+  sock.close();
+  console.log(JSON.stringify(answers));
+}
+process.exit(0);
+`;
+
+interface Svc {
+  readonly name: string;
+  readonly clusterIP: string;
+  readonly port?: number;
+  readonly protocol?: "TCP" | "UDP";
+  readonly targetPort?: number;
+  readonly nodePort?: number;
+  readonly affinity?: boolean;
+  readonly endpoints: readonly string[];
+}
+
+function manifest(services: readonly Svc[]): string {
+  const docs: unknown[] = [];
+  for (const s of services) {
+    const protocol = s.protocol ?? "TCP";
+    docs.push({
+      apiVersion: "v1",
+      kind: "Service",
+      metadata: { namespace: NS, name: s.name },
+      spec: {
+        type: s.nodePort ? "NodePort" : "ClusterIP",
+        clusterIP: s.clusterIP,
+        clusterIPs: [s.clusterIP],
+        ports: [{ name: "p", port: s.port ?? 80, targetPort: s.targetPort ?? HTTP_PORT, protocol, ...(s.nodePort ? { nodePort: s.nodePort } : {}) }],
+        ...(s.affinity ? { sessionAffinity: "ClientIP" } : {}),
+      },
+    });
+    if (s.endpoints.length === 0) continue;
+    docs.push({
+      apiVersion: "discovery.k8s.io/v1",
+      kind: "EndpointSlice",
+      metadata: { namespace: NS, name: `${s.name}-1`, labels: { "kubernetes.io/service-name": s.name } },
+      addressType: "IPv4",
+      ports: [{ name: "p", port: s.targetPort ?? HTTP_PORT, protocol }],
+      endpoints: s.endpoints.map((ip) => ({ addresses: [ip], conditions: { ready: true }, nodeName: NODE_NAME })),
+    });
+  }
+  return docs.map((d) => JSON.stringify(d)).join("\n---\n") + "\n";
+}
+
+const CONFIG = [
+  "apiVersion: kubeproxy.config.k8s.io/v1alpha1",
+  "kind: KubeProxyConfiguration",
+  "mode: userspace",
+  `hostnameOverride: ${NODE_NAME}`,
+  "healthzBindAddress: 127.0.0.1:10256",
+  "metricsBindAddress: 127.0.0.1:10249",
+  "conntrack: { maxPerCore: 0 }",
+  "iptables: { syncPeriod: 2s, minSyncPeriod: 0s, flavour: nft }",
+  "",
+].join("\n");
+
+async function probe(ns: Netns, args: readonly (string | number)[], dir: string): Promise<unknown> {
+  const out = await ns.run([process.execPath, join(dir, "probe.ts"), ...args.map(String)], { timeoutMs: 20_000 });
+  return JSON.parse(out.trim().split("\n").at(-1) ?? "null");
+}
+
+const http = async (ns: Netns, host: string, port: number, count: number, dir: string) => (await probe(ns, ["http", host, port, count], dir)) as string[];
+
+function tally(bodies: readonly string[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const b of bodies) out[b] = (out[b] ?? 0) + 1;
+  return out;
+}
+
+/** Every table's rules, for finding our chains and jumps. */
+async function ruleset(node: Netns): Promise<string> {
+  return (await node.run(["iptables-nft-save", "-t", "nat"])) + (await node.run(["iptables-nft-save", "-t", "filter"]));
+}
+
+function count(text: string, needle: string): number {
+  return text.split("\n").filter((l) => l.includes(needle)).length;
+}
+
+class Kproxy {
+  readonly child: Child;
+  constructor(node: Netns, dir: string) {
+    this.child = new Child(
+      ["ip", "netns", "exec", node.name, process.execPath, join(ROOT, "src/main.ts"), "--config", join(dir, "config.yaml"), "--services-file", join(dir, "services.yaml"), "--v=2"],
+      { cwd: ROOT },
+    );
+  }
+  async stop(): Promise<void> {
+    this.child.kill("SIGTERM");
+    await this.child.exited(10_000);
+  }
+}
+
+describe("userspace mode end to end", () => {
+  let topo: Topology | undefined;
+  let dir = "";
+  let kproxy: Kproxy | undefined;
+  const pods = () => (topo as Topology).pods as [Pod, Pod, Pod];
+  const node = () => (topo as Topology).node;
+  const client = () => (topo as Topology).client;
+
+  const base = (): Svc[] => {
+    const [p0, p1, p2] = pods();
+    return [
+      { name: "web", clusterIP: "10.96.0.10", nodePort: 30080, endpoints: [p0.ip, p1.ip, p2.ip] },
+      { name: "sticky", clusterIP: "10.96.0.11", affinity: true, endpoints: [p0.ip, p1.ip, p2.ip] },
+      { name: "dns", clusterIP: "10.96.0.53", port: 53, protocol: "UDP", targetPort: UDP_PORT, endpoints: [p0.ip] },
+    ];
+  };
+
+  async function publish(services: readonly Svc[]): Promise<void> {
+    await writeFile(join(dir, "services.tmp"), manifest(services));
+    await rename(join(dir, "services.tmp"), join(dir, "services.yaml"));
+  }
+
+  beforeAll(async () => {
+    if (!isRoot()) return;
+    dir = await mkdtemp(join(tmpdir(), "kproxy-e2e-us-"));
+    // The unprivileged run reads the config and manifest from here.
+    await chmod(dir, 0o755);
+    await writeFile(join(dir, "probe.ts"), PROBE);
+    await writeFile(join(dir, "config.yaml"), CONFIG);
+    topo = await createTopology(3);
+  }, 30_000);
+
+  afterAll(async () => {
+    if (kproxy) await kproxy.stop().catch(() => {});
+    // Whatever a failed test left in the node namespace goes with it.
+    await topo?.destroy();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  }, 30_000);
+
+  e2e(
+    "ClusterIP from node and pod, NodePort from a client, spread, affinity, UDP, endpoint removal, service deletion",
+    async () => {
+      const [p0, p1] = pods();
+      await publish(base());
+      kproxy = new Kproxy(node(), dir);
+      await kproxy.child.waitFor(/Synced proxy rules/, 15_000);
+      expect(kproxy.child.stderr).toContain("Userspace mode with portal rules");
+
+      // ClusterIP from the node (KUBE-PORTALS-HOST): every endpoint gets traffic.
+      expect(Object.keys(tally(await http(node(), "10.96.0.10", 80, 30, dir))).sort()).toEqual(["pod0", "pod1", "pod2"]);
+      // ClusterIP from a pod (KUBE-PORTALS-CONTAINER).
+      expect(Object.keys(tally(await http(p1.ns, "10.96.0.10", 80, 30, dir))).sort()).toEqual(["pod0", "pod1", "pod2"]);
+      // NodePort from the client (KUBE-NODEPORT-CONTAINER).
+      expect(Object.keys(tally(await http(client(), NODE_IP, 30080, 30, dir))).sort()).toEqual(["pod0", "pod1", "pod2"]);
+      // ClientIP affinity: one client, one endpoint.
+      expect(Object.keys(tally(await http(client(), "10.96.0.11", 80, 20, dir)))).toHaveLength(1);
+      expect(Object.keys(tally(await http(node(), "10.96.0.11", 80, 20, dir)))).toHaveLength(1);
+
+      // UDP from a pod and from the node: the relay's answers come back from the service address.
+      const fromPod = (await probe(p1.ns, ["udp", "10.96.0.53", 53, 40000, 3000, 50], dir)) as string[];
+      expect(fromPod[0]).toStartWith("10.96.0.53:53 pod0 ");
+      const fromNode = (await probe(node(), ["udp", "10.96.0.53", 53, 40001, 3000, 50], dir)) as string[];
+      expect(fromNode[0]).toStartWith("10.96.0.53:53 pod0 ");
+
+      // Endpoint removal: the next connections avoid the removed pod.
+      await publish(base().map((s) => (s.name === "web" ? { ...s, endpoints: [p0.ip, p1.ip] } : s)));
+      await eventually("pod2 to leave web", async () => {
+        const seen = tally(await http(client(), NODE_IP, 30080, 12, dir));
+        return seen["pod2"] === undefined && Object.keys(seen).length === 2 ? seen : undefined;
+      }, 5000);
+
+      // Deleting a service closes its relay and removes its portals.
+      expect(await ruleset(node())).toContain(`${NS}/sticky:p`);
+      await publish(base().filter((s) => s.name !== "sticky"));
+      await eventually("sticky's portals to go", async () => ((await ruleset(node())).includes(`${NS}/sticky:p`) ? undefined : true), 5000);
+      expect((await http(node(), "10.96.0.11", 80, 1, dir))[0]).toStartWith("ERR:");
+    },
+    40_000,
+  );
+
+  e2e(
+    "a restart takes over without duplicating jumps; --cleanup removes every portal chain and jump",
+    async () => {
+      if (!kproxy) throw new Error("needs the previous test's kproxy");
+      await publish(base());
+      await kproxy.stop();
+      kproxy = new Kproxy(node(), dir);
+      await kproxy.child.waitFor(/Synced proxy rules/, 15_000);
+      await eventually("web through the new relays", async () => {
+        const seen = tally(await http(client(), NODE_IP, 30080, 9, dir));
+        return Object.keys(seen).sort().join() === "pod0,pod1,pod2" ? seen : undefined;
+      }, 5000);
+      const rules = await ruleset(node());
+      for (const chain of ["KUBE-PORTALS-CONTAINER", "KUBE-PORTALS-HOST", "KUBE-NODEPORT-CONTAINER", "KUBE-NODEPORT-HOST", "KUBE-NODEPORT-NON-LOCAL"]) {
+        expect(count(rules, `-j ${chain}`)).toBe(1);
+      }
+
+      await kproxy.stop();
+      kproxy = undefined;
+      const cleanup = new Child(["ip", "netns", "exec", node().name, process.execPath, join(ROOT, "src/main.ts"), "--cleanup"], { cwd: ROOT });
+      expect(await cleanup.exited(20_000)).toBe(0);
+      const after = await ruleset(node());
+      expect(after).not.toContain("KUBE-PORTALS");
+      expect(after).not.toContain("KUBE-NODEPORT");
+    },
+    40_000,
+  );
+
+  e2e(
+    "without root: no portal rules, NodePorts served by listening on them, one warning saying what is unreachable",
+    async () => {
+      await publish(base());
+      const unprivileged = new Child(
+        [
+          "ip", "netns", "exec", node().name,
+          "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+          process.execPath, join(ROOT, "src/main.ts"), "--config", join(dir, "config.yaml"), "--services-file", join(dir, "services.yaml"), "--v=2",
+        ],
+        { cwd: ROOT, env: { HOME: dir } },
+      );
+      try {
+        await unprivileged.waitFor(/Synced proxy rules/, 15_000);
+        expect(Object.keys(tally(await http(client(), NODE_IP, 30080, 12, dir))).sort()).toEqual(["pod0", "pod1", "pod2"]);
+        expect((await http(node(), "10.96.0.10", 80, 1, dir))[0]).toStartWith("ERR:");
+        // A second sync (the manifest changes) does not repeat the warning.
+        await publish(base().filter((s) => s.name !== "sticky"));
+        await eventually("a second sync", () => (unprivileged.stderr.match(/Synced proxy rules/g)?.length ?? 0) >= 2 || undefined, 5000);
+        expect(unprivileged.stderr.match(/Userspace mode without portal rules: ClusterIPs/g)).toHaveLength(1);
+        expect(unprivileged.stderr).toContain('reason="kproxy is not running as root"');
+        expect(await ruleset(node())).not.toContain("KUBE-");
+      } finally {
+        unprivileged.kill("SIGTERM");
+        await unprivileged.exited(10_000);
+      }
+    },
+    30_000,
+  );
+});
