@@ -45,8 +45,10 @@ import {
   type DesiredDelta,
   DesiredState,
   describePlan,
+  FILTER_CHAINS,
   IPVS_JUMP_RULES,
   type IpvsPlanEnv,
+  NAT_CHAINS,
   planServicePort,
   planSnapshot,
   wantedIpsets,
@@ -409,15 +411,18 @@ export class IpvsBackend implements Backend {
       const text = companionRules(desired, family, options);
       if (!full && this.appliedRules.get(family) === text) continue;
       try {
-        // The restore declares every chain, so the jumps into them can follow it.
-        await ipt.restore(text);
         if (full) {
-          // One save tells which jumps exist; only missing ones cost a command each.
-          const saved = (await Promise.all([ipt.save("nat"), ipt.save("filter")])).join("\n");
-          for (const jump of IPVS_JUMP_RULES) {
-            if (saved.includes(`-A ${jump.chain} -m comment --comment "${jump.comment}" -j ${jump.target}\n`)) continue;
+          // One save says whether the chains and the jumps into them are all still there; a full
+          // sync with nothing changed and nothing flushed then writes no rules at all.
+          const saved = await ipt.save();
+          const missing = IPVS_JUMP_RULES.filter((j) => !saved.includes(`-A ${j.chain} -m comment --comment "${j.comment}" -j ${j.target}\n`));
+          const chainsThere = [...NAT_CHAINS, ...FILTER_CHAINS].every((c) => saved.includes(`:${c} `));
+          if (missing.length > 0 || !chainsThere || this.appliedRules.get(family) !== text) await ipt.restore(text);
+          for (const jump of missing) {
             await ipt.ensureRule({ table: jump.table, chain: jump.chain, args: ["-m", "comment", "--comment", jump.comment, "-j", jump.target] });
           }
+        } else {
+          await ipt.restore(text);
         }
       } catch (err) {
         this.options.metrics.iptablesRestoreFailuresTotal.inc();

@@ -264,3 +264,22 @@ describe("kproxy --proxy-mode ipvs without IPVS in the kernel", () => {
     }
   });
 });
+
+describe("IpvsBackend companion rules", () => {
+  test("a periodic full sync rewrites no rules while they are intact, and repairs them after a flush", async () => {
+    const kernel = new FakeKernel();
+    const { backend: b } = backend(kernel);
+    await b.sync(cluster([[web, eps("10.1.0.1")]]), full);
+    kernel.clearCalls();
+    await b.sync(cluster([[web, eps("10.1.0.1")]]), full);
+    expect(kernel.callsOf("iptables-nft-restore")).toEqual([]);
+    expect(kernel.callsOf("iptables-nft-save")).toHaveLength(1);
+    // someone deletes a jump: the next full sync puts it back
+    await kernel.run(["iptables-nft", "-w", "5", "-t", "nat", "-D", "PREROUTING", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"]);
+    kernel.clearCalls();
+    await b.sync(cluster([[web, eps("10.1.0.1")]]), full);
+    expect(kernel.callsOf("iptables-nft-restore")).toHaveLength(1);
+    expect(kernel.callsOf("iptables-nft", "-I").map((c) => c.argv.slice(3).join(" "))).toEqual(["-t nat -I PREROUTING -m comment --comment kubernetes service portals -j KUBE-SERVICES"]);
+    await b.close();
+  });
+});

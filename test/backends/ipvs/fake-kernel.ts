@@ -272,7 +272,11 @@ export class FakeKernel implements Exec {
   private iptables(tool: string, args: string[], stdin: string): ExecResult {
     if (tool.endsWith("-save")) {
       const table = args[args.indexOf("-t") + 1];
-      const lines = [...this.savedRules].filter(([key]) => args.indexOf("-t") < 0 || key.startsWith(`${table}/`)).map(([, line]) => line);
+      const inTable = (key: string) => args.indexOf("-t") < 0 || key.startsWith(`${table}/`);
+      const lines = [
+        ...[...this.chains].filter(inTable).map((key) => `:${key.split("/")[1]} - [0:0]`),
+        ...[...this.savedRules].filter(([key]) => inTable(key)).map(([, line]) => line),
+      ];
       return ok(lines.map((l) => `${l}\n`).join(""));
     }
     if (tool.endsWith("-restore")) {
