@@ -103,8 +103,11 @@ try {
   // Warm up each path once so the first measured target is not the one paying for it.
   for (const t of targets) await wrk(t.httpPort, 1, false, 4);
   for (let r = 0; r < rounds; r++) {
-    for (const t of targets) row(t).throughputGbps.push(await iperf(t.iperfPort, seconds));
-    for (const t of targets) {
+    // Each round starts with a different target, so a burst of load from elsewhere does not always
+    // land on the same one.
+    const order = targets.map((_, i) => targets[(i + r) % targets.length] as Target);
+    for (const t of order) row(t).throughputGbps.push(await iperf(t.iperfPort, seconds));
+    for (const t of order) {
       const k = await wrk(t.httpPort, seconds, false, connections);
       row(t).keepAliveRps.push(k.rps);
       row(t).keepAliveP99Ms.push(k.p99Ms);
@@ -171,7 +174,11 @@ function printTable(targets: Target[], rows: Map<string, Row>, elapsedS: number)
     ["wrk keep-alive (req/s)", ...all.map((r) => fmtK(ka(r))), ...ratios(ka)],
     ["wrk new conn per request (req/s)", ...all.map((r) => fmtK(nc(r))), ...ratios(nc)],
     ["p50 / p99, 1 conn serial (µs)", ...all.map((r) => `${(1000 * p50One(r)).toFixed(0)} / ${(1000 * p99One(r)).toFixed(0)}`), ...blank],
-    ["added p99, 1 conn serial (µs)", ...all.map((r) => (r === d ? "-" : (1000 * (p99One(r) - p99One(d))).toFixed(0))), ...blank],
+    [
+      "added p50 / p99, 1 conn serial (µs)",
+      ...all.map((r) => (r === d ? "-" : `${(1000 * (p50One(r) - p50One(d))).toFixed(0)} / ${(1000 * (p99One(r) - p99One(d))).toFixed(0)}`)),
+      ...blank,
+    ],
     [`added p99, ${connections} conns keep-alive (ms)`, ...all.map((r) => (r === d ? "-" : (kaP99(r) - kaP99(d)).toFixed(2))), ...blank],
     [`added p99, ${connections} conns new conn (ms)`, ...all.map((r) => (r === d ? "-" : (ncP99(r) - ncP99(d)).toFixed(2))), ...blank],
     ["RSS at rest (MiB)", ...all.map((r) => fmtMiB(r.baseRssMiB)), ...blank],
