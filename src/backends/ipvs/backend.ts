@@ -265,7 +265,7 @@ export class IpvsBackend implements Backend {
   }
 
   /** Virtual servers of the kernel that kproxy manages (see the file comment). */
-  ownedVirtualServers(kernel: KernelState, wanted: ReadonlySet<string>, nodePortIPs: readonly string[]): VirtualServer[] {
+  private ownedVirtualServers(kernel: KernelState, wanted: ReadonlySet<string>, nodePortIPs: readonly string[]): VirtualServer[] {
     const dummy = new Set(kernel.addresses.dummy);
     const members = new Map<string, Set<string>>();
     for (const set of kernel.ipsets) if (isOwnedSet(set.name)) members.set(set.name, new Set(set.entries.map((e) => e.toLowerCase())));

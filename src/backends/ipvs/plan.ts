@@ -498,7 +498,7 @@ export function companionRules(state: DesiredState, family: IPFamily, options: C
   nat.push(`-A KUBE-MARK-MASQ -j MARK --or-mark ${mark}`);
   nat.push("COMMIT");
   filter.push("COMMIT");
-  return `${filter.join("\n")}\n${nat.join("\n")}\n`;
+  return `${nat.join("\n")}\n${filter.join("\n")}\n`;
 }
 
 /** The plan as readable text (for --dry-run): virtual servers, addresses, sets and rules. */

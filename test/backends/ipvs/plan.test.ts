@@ -130,7 +130,9 @@ describe("companionRules", () => {
   test("rules only for non-empty sets; masquerade off-cluster traffic to ClusterIPs", () => {
     const sp = servicePort("ns", "a", "", { clusterIP: "10.96.0.1", port: 80 });
     const text = companionRules(planSnapshot(snapshot([[sp, [local("10.0.1.1")]]]), env), "IPv4", options);
-    expect(text).toStartWith("*filter\n:KUBE-FORWARD - [0:0]\n");
+    // nat first, then filter, as upstream writes them
+    expect(text).toStartWith("*nat\n:KUBE-SERVICES - [0:0]\n");
+    expect(text.indexOf("*filter\n:KUBE-FORWARD - [0:0]\n")).toBeGreaterThan(0);
     expect(text).toContain(
       '-A KUBE-SERVICES -m comment --comment "Kubernetes service cluster ip + port for masquerade purpose" -m set --match-set KUBE-CLUSTER-IP dst,dst ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ\n',
     );
@@ -192,6 +194,6 @@ describe("--dry-run planner", () => {
     expect(text).not.toContain("127.0.0.1:30080");
     expect(text).toContain("# addresses on kube-ipvs0\n10.96.0.10\n");
     expect(text).toContain("add KUBE-NODE-PORT-TCP 30080 -exist\n");
-    expect(text).toContain("# IPv4: iptables-restore --noflush\n*filter\n");
+    expect(text).toContain("# IPv4: iptables-restore --noflush\n*nat\n");
   });
 });
