@@ -63,7 +63,8 @@ async function runtimeFor(target: Target): Promise<string | undefined> {
 async function build(target: Target): Promise<void> {
   const executablePath = await runtimeFor(target);
   const result = await Bun.build({
-    entrypoints: [join(root, "src", "main.ts")],
+    // Worker threads are separate entry points; the binary embeds them beside main.
+    entrypoints: [join(root, "src", "main.ts"), join(root, "src", "backends", "userspace", "relay-worker.ts")],
     minify: true,
     sourcemap: "none",
     define: {
