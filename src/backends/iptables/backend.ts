@@ -30,7 +30,8 @@ import { type ProxierHealthCheck, ServiceHealthServer } from "../../server/servi
 import { procSysctl, type Sysctl } from "../../system/sysctl.ts";
 import { familiesIn } from "../planners.ts";
 import { CANARY_TABLES, JUMP_RULES, KUBE_PROXY_CANARY, KUBELET_JUMP_RULES } from "./chains.ts";
-import { DEFAULT_PIECE_LINES, splitRestoreInput } from "./chunks.ts";
+import { chainContents, DEFAULT_PIECE_LINES, splitRestoreInput, withoutUnchangedChains } from "./chunks.ts";
+import { isServiceChainName } from "./hash.ts";
 import { clearStaleConntrack, staleConntrackOps } from "./conntrack-cleanup.ts";
 import { isLoopback } from "./ip.ts";
 import type { RuleOptions } from "./options.ts";
@@ -83,6 +84,8 @@ interface FamilyState {
   ready: boolean;
   /** When the canaries were last seen (Clock ms). */
   canaryCheckedAt: number;
+  /** Contents of the top-level chains (`table chain` → rules) as of the last successful restore. */
+  topLevel: ReadonlyMap<string, string> | undefined;
   /** Per-service nat chains in the kernel as of the last successful restore; unknown after a failure. */
   natChains: ReadonlySet<string> | undefined;
 }
@@ -236,6 +239,7 @@ export class IptablesBackend implements Backend {
         iptables: new Iptables(this.options.exec, family, flavour),
         ready: false,
         canaryCheckedAt: Number.NEGATIVE_INFINITY,
+        topLevel: undefined,
         natChains: undefined,
       };
       this.states.set(family, state);
@@ -335,6 +339,7 @@ export class IptablesBackend implements Backend {
       logger.warn("kproxy's canary chain is gone (the tables were flushed); rewriting every rule", { family: state.family });
       state.ready = false;
       state.natChains = undefined;
+      state.topLevel = undefined;
     }
     const partial = !changes.full && state.ready && state.natChains !== undefined;
     // Jumps live in chains anyone may flush; the canary going with them is what says so.
@@ -349,11 +354,15 @@ export class IptablesBackend implements Backend {
       : { categorize: this.categorize, existingChains: existing };
     const generated = generateRules(snapshot, state.family, options, context);
 
+    const trimmed =
+      partial && state.topLevel
+        ? withoutUnchangedChains(generated.text, state.topLevel, isTopLevelChain)
+        : { text: generated.text, contents: chainContents(generated.text, isTopLevelChain), skipped: 0 };
     const pieceLines = this.options.pieceLines ?? DEFAULT_PIECE_LINES;
     const pieces =
       !partial && state.iptables.flavour === "nft" && pieceLines > 0
-        ? splitRestoreInput(generated.text, pieceLines)
-        : [generated.text];
+        ? splitRestoreInput(trimmed.text, pieceLines)
+        : [trimmed.text];
     try {
       for (const piece of pieces) await state.iptables.restore(piece);
     } catch (err) {
@@ -361,14 +370,17 @@ export class IptablesBackend implements Backend {
       if (partial) metrics.iptablesPartialRestoreFailuresTotal.inc();
       state.ready = false;
       state.natChains = undefined;
+      state.topLevel = undefined;
       throw err;
     }
     state.ready = true;
     state.natChains = generated.activeNatChains;
+    state.topLevel = trimmed.contents;
     logger.debug(3, "Restored iptables rules", {
       family: state.family,
       partial,
       pieces: pieces.length,
+      unchangedChainsSkipped: trimmed.skipped,
       natRules: generated.counts.natRules,
       deletedChains: generated.counts.deletedChains,
     });
@@ -402,6 +414,11 @@ export class IptablesBackend implements Backend {
   async close(): Promise<void> {
     await this.options.serviceHealth?.close();
   }
+}
+
+/** Chains every restore rewrites (KUBE-SERVICES, KUBE-NODEPORTS, ...), as opposed to per-service ones. */
+function isTopLevelChain(chain: string): boolean {
+  return !isServiceChainName(chain);
 }
 
 /** Whether NodePorts answer on 127.0.0.1 at all (nodePortAddresses "all" or including a loopback IP). */

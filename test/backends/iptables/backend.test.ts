@@ -198,10 +198,20 @@ describe("IptablesBackend", () => {
     const [text] = exec.restores();
     expect(text).toContain("10.244.1.12:8080");
     expect(text).not.toContain("10.244.1.20:8443");
-    // The top-level chain still lists every service, and the removed endpoint's chain is deleted.
-    expect(text).toContain("-d 10.96.0.11 --dport 443");
+    // The removed endpoint's chain is deleted; top-level chains whose content did not change are left out.
     expect(text).toMatch(/^-X KUBE-SEP-/m);
+    expect(text).not.toContain(":KUBE-SERVICES");
+    expect(text).not.toContain("-A KUBE-POSTROUTING");
+    expect(exec.tables.get("iptables-legacy/nat")?.get("KUBE-SERVICES")?.length).toBe(3);
     expect(verbs(exec, "-I")).toHaveLength(0);
+    // A change that does alter a top-level chain rewrites that chain, whole.
+    exec.clear();
+    await backend.sync(world([[web, []], [api, apiEps]]), partialOf(web.key));
+    const [second] = exec.restores();
+    expect(second).toContain(":KUBE-SERVICES - [0:0]");
+    expect(second).toContain("-d 10.96.0.11 --dport 443");
+    expect(second).toContain("ns/web:http has no endpoints");
+    expect(second).not.toContain("-A KUBE-POSTROUTING");
     // One -S per canary table, and no iptables-save: the chain set is known from the last sync.
     expect(verbs(exec, "-S")).toHaveLength(3);
     expect(exec.calls.filter((c) => c.argv[0]?.endsWith("-save"))).toHaveLength(0);
