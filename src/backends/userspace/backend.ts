@@ -59,6 +59,8 @@ export interface RelayPoolOptions {
   readonly threads: number;
   readonly udpIdleTimeoutMs?: number;
   readonly logger: Logger;
+  /** The relay thread entry; the module next to relay-workers.ts by default. */
+  readonly workerUrl?: string | URL;
 }
 
 /**
@@ -69,9 +71,38 @@ export interface RelayPoolOptions {
 export class RelayPool implements RelayFactory {
   private readonly balancer = new LoadBalancer();
   private workers: TcpRelayWorkers | undefined;
+  /** Settles once the threads have proved they run (or the pool has fallen back to the main thread). */
+  private readonly workersChecked: Promise<void>;
 
   constructor(private readonly options: RelayPoolOptions) {
-    if (options.threads > 1) this.workers = TcpRelayWorkers.start({ threads: options.threads, logger: options.logger });
+    if (options.threads > 1) {
+      this.workers = TcpRelayWorkers.start({ threads: options.threads, logger: options.logger, ...(options.workerUrl ? { workerUrl: options.workerUrl } : {}) });
+    }
+    this.workersChecked = this.checkWorkers();
+  }
+
+  /**
+   * One listen and close on loopback before any real one: a thread whose entry cannot load fails at
+   * once, and a request sent to it after that would never be answered, so a broken pool must be
+   * found before the first service port depends on it.
+   */
+  private async checkWorkers(): Promise<void> {
+    const workers = this.workers;
+    if (!workers) return;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`relay threads did not answer within ${WORKER_CHECK_TIMEOUT_MS} ms`)), WORKER_CHECK_TIMEOUT_MS);
+    });
+    try {
+      const probe = await Promise.race([workers.listen({ serviceKey: "relay-thread-check", host: "127.0.0.1", port: 0 }), timeout]);
+      await Promise.race([probe.close({ closeActive: true }), timeout]);
+    } catch (err) {
+      this.options.logger.warn("Relay threads are unavailable; relaying TCP on the main thread", { err });
+      this.workers = undefined;
+      await workers.close();
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   update(key: string, endpoints: readonly string[], affinity: SessionAffinity): void {
@@ -96,6 +127,7 @@ export class RelayPool implements RelayFactory {
         logger,
       });
     }
+    await this.workersChecked;
     if (this.workers) {
       try {
         return await this.workers.listen({ serviceKey: o.key, host: o.host, port: o.port, ...(o.clientIPAffinity ? { threads: 1 } : {}) });
@@ -110,10 +142,13 @@ export class RelayPool implements RelayFactory {
   }
 
   async close(): Promise<void> {
+    await this.workersChecked;
     await this.workers?.close();
     this.workers = undefined;
   }
 }
+
+const WORKER_CHECK_TIMEOUT_MS = 5000;
 
 /** What one relay of a service port serves. */
 type Role = "internal" | "external" | "nodePort";

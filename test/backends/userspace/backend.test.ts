@@ -404,4 +404,32 @@ describe("userspace backend on real relays (loopback)", () => {
     await backend.sync(snapshot([]), PARTIAL);
     await expect(fetchName(nodePort)).rejects.toThrow();
   });
+
+  test("relay threads that cannot start: the pool says so once and relays TCP on the main thread", async () => {
+    const a = await startBackend(nameServer("a"));
+    cleanups.push(() => a.close());
+    const logger = new CaptureLogger();
+    const pool = new RelayPool({ threads: 2, logger, workerUrl: new URL("./no-such-relay-worker.ts", import.meta.url) });
+    cleanups.push(() => pool.close());
+    pool.update("svc", [a.endpoint], { type: "None" });
+    const first = await pool.listen({ key: "svc", protocol: "TCP", host: "127.0.0.1", port: 0, clientIPAffinity: false });
+    const second = await pool.listen({ key: "svc2", protocol: "TCP", host: "127.0.0.1", port: 0, clientIPAffinity: false });
+    cleanups.push(() => first.close({ closeActive: true }), () => second.close({ closeActive: true }));
+    expect(await fetchName(first.port)).toBe("a");
+    expect(logger.count("warn", "Relay threads are unavailable")).toBe(1);
+  });
+
+  test("relay threads: TCP relayed by the threads with the balancer's endpoints", async () => {
+    const a = await startBackend(nameServer("a"));
+    cleanups.push(() => a.close());
+    const logger = new CaptureLogger();
+    const pool = new RelayPool({ threads: 2, logger });
+    cleanups.push(() => pool.close());
+    pool.update("svc", [a.endpoint], { type: "None" });
+    const relay = await pool.listen({ key: "svc", protocol: "TCP", host: "127.0.0.1", port: 0, clientIPAffinity: false });
+    cleanups.push(() => relay.close({ closeActive: true }));
+    for (let i = 0; i < 4; i++) expect(await fetchName(relay.port)).toBe("a");
+    expect(relay.stats().total).toBe(4);
+    expect(logger.count("warn", "Relay threads are unavailable")).toBe(0);
+  });
 });
