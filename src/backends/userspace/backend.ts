@@ -22,6 +22,7 @@ import type { Logger } from "../../log.ts";
 import { ipFamilyOf } from "../../model/ip.ts";
 import { categorizeEndpoints, externallyAccessible } from "../../model/topology.ts";
 import type { ChangeSet, Endpoint, IPFamily, ServicePort, SessionAffinity, Snapshot } from "../../model/types.ts";
+import { Conntrack } from "../../system/conntrack.ts";
 import { bunExec, type Exec } from "../../system/exec.ts";
 import { detectIptablesFlavour, Iptables, type IptablesFlavour } from "../../system/iptables.ts";
 import type { Backend, SyncResult } from "../backend.ts";
@@ -258,6 +259,8 @@ export interface UserspaceBackendOptions {
   readonly portalsUnavailableReason?: (iptables: Iptables) => Promise<string | undefined>;
   readonly hostIP?: (family: IPFamily) => string | undefined;
   readonly categorize?: CategorizeEndpoints;
+  /** Deletes UDP flows still redirected to a closed relay port; `conntrack` through `exec` by default. */
+  readonly conntrack?: Conntrack;
 }
 
 /** The reason portals cannot be written: not root, or an iptables that does not answer. */
@@ -290,10 +293,20 @@ export class UserspaceBackend implements Backend {
   private readonly usedPorts = new Set<number>();
   private nextPortOffset = 0;
   private sctpWarned = false;
+  private readonly conntrack: Conntrack;
+  /**
+   * UDP service addresses whose flows may still be redirected to a relay port that is gone: a UDP
+   * client keeping its source port would otherwise keep sending into nothing until its flow times
+   * out. Cleared after the next successful portal write; every UDP service at start, since a new
+   * run has new relay ports.
+   */
+  private staleUdp = new Map<string, { family: IPFamily; ip?: string; port?: number }>();
+  private startFlowsQueued = false;
 
   constructor(private readonly options: UserspaceBackendOptions) {
     this.guard = new SnapshotGuard(options.logger);
     this.categorize = options.categorize ?? categorizeEndpoints;
+    this.conntrack = options.conntrack ?? new Conntrack(options.exec);
     if (options.flavour !== "auto") this.flavour = options.flavour;
   }
 
@@ -343,6 +356,10 @@ export class UserspaceBackend implements Backend {
         continue;
       }
       wanted.set(sp.key, sp);
+    }
+    if (this.portalsOn && !this.startFlowsQueued) {
+      this.startFlowsQueued = true;
+      for (const sp of wanted.values()) this.queueStaleUdp(sp);
     }
 
     for (const [key, state] of this.ports) {
@@ -429,7 +446,29 @@ export class UserspaceBackend implements Backend {
     throw new Error(`no free port in portRange ${portRange.base}+${portRange.size - 1}${lastError ? ` (last: ${String(lastError)})` : ""}`);
   }
 
+  private queueStaleUdp(sp: ServicePort): void {
+    if (sp.protocol !== "UDP" || !this.portalsOn) return;
+    for (const ip of [sp.clusterIP, ...sp.externalIPs, ...sp.loadBalancerIPs]) {
+      if (ip !== "" && ip !== "None") this.staleUdp.set(`${sp.family} ip ${ip}`, { family: sp.family, ip });
+    }
+    if (sp.nodePort !== 0) this.staleUdp.set(`${sp.family} port ${sp.nodePort}`, { family: sp.family, port: sp.nodePort });
+  }
+
+  private async clearStaleUdp(): Promise<void> {
+    const work = [...this.staleUdp.values()];
+    this.staleUdp = new Map();
+    for (const w of work) {
+      try {
+        if (w.ip !== undefined) await this.conntrack.clearServiceIP(w.family, "UDP", w.ip);
+        else if (w.port !== undefined) await this.conntrack.clearPort(w.family, "UDP", w.port);
+      } catch (err) {
+        this.options.logger.debug(2, "Could not delete stale UDP flows", { ...w, err });
+      }
+    }
+  }
+
   private async closePort(state: PortState): Promise<void> {
+    this.queueStaleUdp(state.sp);
     this.options.logger.debug(2, "Removing service port", { servicePort: state.sp.servicePortName, protocol: state.sp.protocol, family: state.sp.family });
     for (const listener of state.listeners) {
       const socket = listener.socket;
@@ -500,6 +539,7 @@ export class UserspaceBackend implements Backend {
       filter += rules.filterRules;
     }
     if (errors.length > 0) throw new Error(`portal rules failed (${errors.join("; ")})`);
+    if (this.staleUdp.size > 0) await this.clearStaleUdp();
     return { nat, filter };
   }
 

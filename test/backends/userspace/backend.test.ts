@@ -262,6 +262,22 @@ describe("userspace backend", () => {
     expect(exec.verbs("-A")).toHaveLength(0);
   });
 
+  test("UDP flows redirected to a closed relay port are deleted after the portals change, and at start", async () => {
+    const { exec, backend } = setup();
+    const conntrack = () => exec.calls.filter((c) => c.argv[0] === "conntrack").map((c) => c.argv.join(" "));
+    await backend.sync(snapshot([[web, webEndpoints], [dns, []]]), FULL);
+    // A new run has new relay ports: flows of an earlier run go.
+    expect(conntrack()).toEqual(["conntrack -D --orig-dst 10.96.0.53 -p udp"]);
+    exec.calls.length = 0;
+    await backend.sync(snapshot([[web, webEndpoints], [dns, []]]), PARTIAL);
+    expect(conntrack()).toEqual([]);
+    await backend.sync(snapshot([[web, webEndpoints]]), PARTIAL);
+    const calls = exec.calls.map((c) => c.argv[0]);
+    expect(conntrack()).toEqual(["conntrack -D --orig-dst 10.96.0.53 -p udp"]);
+    // After the restore that dropped the portal, so no new flow can be redirected to the old port.
+    expect(calls.indexOf("conntrack")).toBeGreaterThan(calls.indexOf("iptables-nft-restore"));
+  });
+
   test("a failed restore fails the sync, keeps the relays, and re-checks the jumps next time", async () => {
     const { relays, exec, backend } = setup();
     await backend.sync(snapshot([[web, webEndpoints]]), FULL);
