@@ -13,7 +13,7 @@ import { Child, eventually } from "../helpers/process.ts";
 import { hasTool, needs } from "../helpers/require.ts";
 import { createTopology, HTTP_PORT, NODE_IP, type Pod, type Topology, UDP_PORT } from "./topology.ts";
 
-const e2e = needs(isRoot() && hasTool("ip") && hasTool("iptables-nft"), "needs root, iproute2 and iptables (nft)");
+const e2e = needs(isRoot() && hasTool("ip") && hasTool("iptables-nft") && hasTool("conntrack"), "needs root, iproute2, iptables (nft) and conntrack");
 
 const ROOT = join(import.meta.dir, "../..");
 const NODE_NAME = "node-a";
@@ -22,7 +22,7 @@ const NS = "e2e";
 /**
  * Runs inside a namespace (`bun probe.ts`): `http` makes one new connection per request and prints
  * the bodies (or the error code); `udp` sends from one fixed source port every few ms and prints each
- * answer with the address it came from.
+ * answer with the address it came from (`udp-for` keeps sending for the whole time and stamps each answer).
  */
 const PROBE = String.raw`
 const [mode, host, portText, a, b, c] = process.argv.slice(2);
@@ -49,6 +49,13 @@ if (mode === "http") {
   const sock = await Bun.udpSocket({ port: Number(a), socket: { data(s, d, fromPort, from) { answers.push(from + ":" + fromPort + " " + new TextDecoder().decode(d)); } } });
   const until = Date.now() + Number(b);
   while (Date.now() < until && answers.length < 3) { sock.send("ping", port, host); await Bun.sleep(Number(c)); }
+  sock.close();
+  console.log(JSON.stringify(answers));
+} else if (mode === "udp-for") {
+  const answers = [];
+  const sock = await Bun.udpSocket({ port: Number(a), socket: { data(s, d) { answers.push([Date.now(), new TextDecoder().decode(d)]); } } });
+  const until = Date.now() + Number(b);
+  while (Date.now() < until) { sock.send("ping", port, host); await Bun.sleep(Number(c)); }
   sock.close();
   console.log(JSON.stringify(answers));
 }
@@ -224,13 +231,25 @@ describe("userspace mode end to end", () => {
   );
 
   e2e(
-    "a restart takes over without duplicating jumps; --cleanup removes every portal chain and jump",
+    "a restart takes over (a UDP client keeping its port too) without duplicating jumps; --cleanup removes every portal chain and jump",
     async () => {
       if (!kproxy) throw new Error("needs the previous test's kproxy");
       await publish(base());
+      const [, p1] = pods();
+      // A UDP client that keeps its source port across the restart: its flow points at the old relay
+      // port, which the new run must clear for the answers to resume.
+      const udp = probe(p1.ns, ["udp-for", "10.96.0.53", 53, 40002, 5000, 50], dir) as Promise<[number, string][]>;
+      await eventually("the UDP client's flow", async () => {
+        const out = await node().run(["conntrack", "-L", "-p", "udp", "--orig-dst", "10.96.0.53", "--sport", "40002"]).catch(() => "");
+        return out.includes("dport=53") ? true : undefined;
+      }, 3000);
       await kproxy.stop();
       kproxy = new Kproxy(node(), dir);
       await kproxy.child.waitFor(/Synced proxy rules/, 15_000);
+      const restartedAt = Date.now();
+      const answers = await udp;
+      expect(answers.some(([at]) => at < restartedAt)).toBe(true);
+      expect(answers.some(([at, body]) => at > restartedAt && body.startsWith("pod0 "))).toBe(true);
       await eventually("web through the new relays", async () => {
         const seen = tally(await http(client(), NODE_IP, 30080, 9, dir));
         return Object.keys(seen).sort().join() === "pod0,pod1,pod2" ? seen : undefined;
@@ -254,6 +273,12 @@ describe("userspace mode end to end", () => {
   e2e(
     "without root: no portal rules, NodePorts served by listening on them, one warning saying what is unreachable",
     async () => {
+      // Stand alone even when an earlier test failed half way.
+      if (kproxy) {
+        await kproxy.stop();
+        kproxy = undefined;
+        await new Child(["ip", "netns", "exec", node().name, process.execPath, join(ROOT, "src/main.ts"), "--cleanup"], { cwd: ROOT }).exited(20_000);
+      }
       await publish(base());
       const unprivileged = new Child(
         [
