@@ -52,6 +52,8 @@ export interface RelayFactory {
   listen(options: RelayListenOptions): Promise<ProxySocket>;
   update(key: string, endpoints: readonly string[], affinity: SessionAffinity): void;
   remove(key: string): void;
+  /** Forgets ClientIP affinity records past their timeout; called every sync. */
+  cleanupStaleAffinity(): void;
   close(): Promise<void>;
 }
 
@@ -114,6 +116,11 @@ export class RelayPool implements RelayFactory {
   remove(key: string): void {
     this.balancer.remove(key);
     this.workers?.remove(key);
+  }
+
+  /** The main thread's balancer only: relay threads keep their own affinity tables. */
+  cleanupStaleAffinity(): void {
+    this.balancer.cleanupStaleAffinity();
   }
 
   async listen(o: RelayListenOptions): Promise<ProxySocket> {
@@ -372,6 +379,11 @@ export class UserspaceBackend implements Backend {
     let endpointCount = 0;
     for (const sp of wanted.values()) {
       let state = this.ports.get(sp.key);
+      // A partial sync touches only what changed, and relays still waiting for their port.
+      if (state && !changes.full && !changes.changed.has(sp.key) && state.listeners.every((l) => l.socket)) {
+        endpointCount += snapshot.endpoints.get(sp.key)?.length ?? 0;
+        continue;
+      }
       if (!state) {
         state = { sp, listeners: rolesOf(sp).map((role) => ({ role, key: keyOf(sp, role), socket: undefined, pushed: undefined, failureLogged: false })) };
         this.ports.set(sp.key, state);
@@ -392,6 +404,7 @@ export class UserspaceBackend implements Backend {
       }
     }
 
+    this.options.relays.cleanupStaleAffinity();
     const result: { servicePorts: number; endpoints: number; rules?: Record<string, number> } = { servicePorts: this.ports.size, endpoints: endpointCount };
     if (this.portalsOn) result.rules = await this.writePortals(snapshot, changes);
     return result;

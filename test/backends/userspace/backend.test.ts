@@ -16,6 +16,8 @@ import { closedPort, fetchName, nameServer, startBackend } from "./helpers.ts";
 
 const FULL: ChangeSet = { changed: new Set(), full: true, triggerTimes: [] };
 const PARTIAL: ChangeSet = { changed: new Set(), full: false, triggerTimes: [] };
+/** A partial sync of these service ports. */
+const changed = (...ports: readonly { readonly key: string }[]): ChangeSet => ({ changed: new Set(ports.map((p) => p.key)), full: false, triggerTimes: [] });
 const HOST_IP = "172.30.0.1";
 
 const NO_STATS: RelayStats = { active: 0, total: 0, bytesToEndpoints: 0, bytesToClients: 0, dialFailures: 0, rejected: 0, bufferedBytes: 0 };
@@ -59,6 +61,11 @@ class FakeRelays implements RelayFactory {
   remove(key: string): void {
     this.removed.push(key);
     this.balancers.delete(key);
+  }
+
+  sweeps = 0;
+  cleanupStaleAffinity(): void {
+    this.sweeps++;
   }
 
   async close(): Promise<void> {
@@ -194,9 +201,13 @@ describe("userspace backend", () => {
     const { relays, backend } = setup();
     await backend.sync(snapshot([[web, webEndpoints]]), FULL);
     relays.updates.length = 0;
-    await backend.sync(snapshot([[web, webEndpoints]]), PARTIAL);
+    await backend.sync(snapshot([[web, webEndpoints]]), changed(web));
     expect(relays.updates).toEqual([]);
-    await backend.sync(snapshot([[web, [endpoint("10.244.1.11", 8080), endpoint("10.244.1.12", 8080, { ready: false })]]]), PARTIAL);
+    const fewer = [endpoint("10.244.1.11", 8080), endpoint("10.244.1.12", 8080, { ready: false })];
+    // A partial sync leaves alone what it is not told changed.
+    await backend.sync(snapshot([[web, fewer]]), PARTIAL);
+    expect(relays.updates).toEqual([]);
+    await backend.sync(snapshot([[web, fewer]]), changed(web));
     expect(relays.updates.sort()).toEqual([web.key, `${web.key}|nodePort`]);
     expect(relays.balancers.get(web.key)?.endpoints).toEqual(["10.244.1.11:8080"]);
     // The relays stay open: only new connections see the change.
@@ -219,13 +230,13 @@ describe("userspace backend", () => {
     const { relays, backend } = setup();
     await backend.sync(snapshot([[web, webEndpoints]]), FULL);
     const sticky = { ...web, sessionAffinity: { type: "ClientIP", timeoutSeconds: 60 } as const };
-    await backend.sync(snapshot([[sticky, webEndpoints]]), PARTIAL);
+    await backend.sync(snapshot([[sticky, webEndpoints]]), changed(web));
     expect(relays.closedKeys.sort()).toEqual([web.key, `${web.key}|nodePort`]);
     expect(relays.listens.slice(2).every((l) => l.clientIPAffinity)).toBe(true);
     expect(relays.balancers.get(web.key)?.affinity).toEqual({ type: "ClientIP", timeoutSeconds: 60 });
     // A new timeout is a balancer update, not a reopen.
     relays.updates.length = 0;
-    await backend.sync(snapshot([[{ ...sticky, sessionAffinity: { type: "ClientIP", timeoutSeconds: 30 } }, webEndpoints]]), PARTIAL);
+    await backend.sync(snapshot([[{ ...sticky, sessionAffinity: { type: "ClientIP", timeoutSeconds: 30 } }, webEndpoints]]), changed(web));
     expect(relays.listens).toHaveLength(4);
     expect(relays.updates).toHaveLength(2);
   });
@@ -366,6 +377,7 @@ describe("userspace backend", () => {
   test("close stops every relay and the relay threads", async () => {
     const { relays, backend } = setup();
     await backend.sync(snapshot([[web, webEndpoints]]), FULL);
+    expect(relays.sweeps).toBe(1);
     await backend.close();
     expect(relays.open.size).toBe(0);
     expect(relays.closed).toBe(true);
@@ -414,10 +426,10 @@ describe("userspace backend on real relays (loopback)", () => {
     }
     expect(seen).toEqual({ a: 3, b: 3 });
 
-    await backend.sync(snapshot([[svc, [endpoint("127.0.0.1", b.port)]]]), PARTIAL);
+    await backend.sync(snapshot([[svc, [endpoint("127.0.0.1", b.port)]]]), changed(svc));
     for (let i = 0; i < 4; i++) expect(await fetchName(nodePort)).toBe("b");
 
-    await backend.sync(snapshot([]), PARTIAL);
+    await backend.sync(snapshot([]), changed(svc));
     await expect(fetchName(nodePort)).rejects.toThrow();
   });
 
