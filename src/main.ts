@@ -99,7 +99,9 @@ function backendFor(config: Config, apply: Apply, io: MainIO, logger: Logger, de
     return new DryRunBackend(mode, planner, (plan) => io.stdout(plan));
   }
   // Plan-only runs (the demo) relay on one thread and never write portal rules, even as root.
-  if (mode === "userspace") return userspaceBackendFromConfig(config, { logger, portals: apply === "apply" ? "auto" : "off", ...(apply === "apply" ? {} : { threads: 1 }) });
+  if (mode === "userspace") {
+    return userspaceBackendFromConfig(config, { logger, ...(apply === "apply" ? { portals: "auto", health: deps.health } : { portals: "off", threads: 1 }) });
+  }
   if (apply === "apply" && mode === "iptables") return iptablesBackendFromConfig(config, { metrics: deps.metrics, health: deps.health, logger });
   if (apply === "apply" && mode === "ipvs") {
     // Upstream falls back to iptables here; kproxy refuses, so an operator who asked for ipvs notices.

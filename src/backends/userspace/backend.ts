@@ -26,7 +26,8 @@ import { Conntrack } from "../../system/conntrack.ts";
 import { bunExec, type Exec } from "../../system/exec.ts";
 import { detectIptablesFlavour, Iptables, type IptablesFlavour } from "../../system/iptables.ts";
 import type { Backend, SyncResult } from "../backend.ts";
-import { SnapshotGuard } from "../iptables/backend.ts";
+import { healthCheckState, type ServiceHealthPorts, SnapshotGuard } from "../iptables/backend.ts";
+import { type ProxierHealthCheck, ServiceHealthServer } from "../../server/service-health.ts";
 import { cleanupIptables } from "../iptables/cleanup.ts";
 import type { CategorizeEndpoints } from "../iptables/rules.ts";
 import { LoadBalancer } from "./load-balancer.ts";
@@ -268,6 +269,8 @@ export interface UserspaceBackendOptions {
   readonly categorize?: CategorizeEndpoints;
   /** Deletes UDP flows still redirected to a closed relay port; `conntrack` through `exec` by default. */
   readonly conntrack?: Conntrack;
+  /** Health check node ports of externalTrafficPolicy: Local services, as in the other modes. */
+  readonly serviceHealth?: ServiceHealthPorts;
 }
 
 /** The reason portals cannot be written: not root, or an iptables that does not answer. */
@@ -405,6 +408,12 @@ export class UserspaceBackend implements Backend {
     }
 
     this.options.relays.cleanupStaleAffinity();
+    const health = this.options.serviceHealth;
+    if (health) {
+      const { ports, localEndpoints } = healthCheckState(snapshot, this.categorize);
+      await health.syncServices(ports);
+      health.syncEndpoints(localEndpoints);
+    }
     const result: { servicePorts: number; endpoints: number; rules?: Record<string, number> } = { servicePorts: this.ports.size, endpoints: endpointCount };
     if (this.portalsOn) result.rules = await this.writePortals(snapshot, changes);
     return result;
@@ -570,8 +579,9 @@ export class UserspaceBackend implements Backend {
     await cleanupIptables({ exec: this.options.exec, logger: this.options.logger });
   }
 
-  /** Stops every relay (cutting running connections) and the relay threads; portal rules stay. */
+  /** Stops every relay (cutting running connections), the relay threads and health check ports; portal rules stay. */
   async close(): Promise<void> {
+    await this.options.serviceHealth?.close();
     for (const state of this.ports.values()) {
       for (const listener of state.listeners) {
         const socket = listener.socket;
@@ -649,6 +659,8 @@ export interface UserspaceBackendDeps {
   /** TCP relay threads; the number of CPUs by default. */
   readonly threads?: number;
   readonly exec?: Exec;
+  /** Proxier health, for the health check node ports' answers; without it none are served. */
+  readonly health?: ProxierHealthCheck;
 }
 
 /** The userspace backend a configuration asks for. */
@@ -662,5 +674,6 @@ export function userspaceBackendFromConfig(config: Config, deps: UserspaceBacken
     bindAddress: config.bindAddress,
     portRange: parsePortRange(config.portRange) ?? { base: 0, size: 0 },
     flavour: config.iptables.flavour,
+    ...(deps.health ? { serviceHealth: new ServiceHealthServer({ health: deps.health, logger: deps.logger }) } : {}),
   });
 }

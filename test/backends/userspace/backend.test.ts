@@ -374,6 +374,21 @@ describe("userspace backend", () => {
     expect(six?.stdin).toContain(`-d fd00:96::10/128 -j DNAT --to-destination [fd00:30::1]:${relays.open.get(web6.key)?.port}`);
   });
 
+  test("health check node ports of Local services follow the snapshot, with their local endpoint counts", async () => {
+    const calls: string[] = [];
+    const { backend } = setup({
+      serviceHealth: {
+        syncServices: async (desired) => void calls.push(`services ${JSON.stringify([...desired])}`),
+        syncEndpoints: (local) => void calls.push(`endpoints ${JSON.stringify([...local])}`),
+        close: async () => void calls.push("close"),
+      },
+    });
+    const local = servicePort("ns1", "lb", "", { clusterIP: "10.96.0.20", port: 80, type: "LoadBalancer", nodePort: 31000, externalPolicyLocal: true, healthCheckNodePort: 32000 });
+    await backend.sync(snapshot([[local, [endpoint("10.244.1.10", 80, { nodeName: testNodeName }), endpoint("10.244.2.10", 80, { nodeName: "other" })]]]), FULL);
+    await backend.close();
+    expect(calls).toEqual(['services [["ns1/lb",32000]]', 'endpoints [["ns1/lb",1]]', "close"]);
+  });
+
   test("close stops every relay and the relay threads", async () => {
     const { relays, backend } = setup();
     await backend.sync(snapshot([[web, webEndpoints]]), FULL);
