@@ -100,7 +100,11 @@ function backendFor(config: Config, apply: Apply, io: MainIO, logger: Logger, de
   }
   // Plan-only runs (the demo) relay on one thread and never write portal rules, even as root.
   if (mode === "userspace") {
-    return userspaceBackendFromConfig(config, { logger, ...(apply === "apply" ? { portals: "auto", health: deps.health } : { portals: "off", threads: 1 }) });
+    return userspaceBackendFromConfig(config, {
+      logger,
+      registry: deps.metrics.registry,
+      ...(apply === "apply" ? { portals: "auto", health: deps.health } : { portals: "off", threads: 1 }),
+    });
   }
   if (apply === "apply" && mode === "iptables") return iptablesBackendFromConfig(config, { metrics: deps.metrics, health: deps.health, logger });
   if (apply === "apply" && mode === "ipvs") {

@@ -121,6 +121,7 @@ describe("kproxy command line", () => {
       expect(Object.keys((await healthz.json()) as object)).toEqual(["lastUpdated", "currentTime", "nodeEligible"]);
       const text = await (await fetch(`http://127.0.0.1:${metrics[1]}/metrics`)).text();
       expect(text).toMatch(/^kubeproxy_sync_proxy_rules_last_timestamp_seconds [1-9]/m);
+      expect(text).toMatch(/^kproxy_userspace_connections_total\{protocol="TCP"\} 10$/m);
       expect(await (await fetch(`http://127.0.0.1:${metrics[1]}/proxyMode`)).text()).toBe("userspace");
       child.kill("SIGTERM");
       expect(await child.exited()).toBe(0);

@@ -31,7 +31,8 @@ import { type ProxierHealthCheck, ServiceHealthServer } from "../../server/servi
 import { cleanupIptables } from "../iptables/cleanup.ts";
 import type { CategorizeEndpoints } from "../iptables/rules.ts";
 import { LoadBalancer } from "./load-balancer.ts";
-import { joinHostPort, type ProxySocket } from "./proxy-socket.ts";
+import { joinHostPort, type ProxySocket, type RelayStats, sumStats } from "./proxy-socket.ts";
+import type { Collector, Registry, Sample } from "../../server/registry.ts";
 import { PORTAL_JUMPS, type PortalTarget, portalRules } from "./portals.ts";
 import { TcpRelayWorkers } from "./relay-workers.ts";
 import { startTcpRelay } from "./tcp-relay.ts";
@@ -312,6 +313,8 @@ export class UserspaceBackend implements Backend {
    */
   private staleUdp = new Map<string, { family: IPFamily; ip?: string; port?: number }>();
   private startFlowsQueued = false;
+  /** Final counters of closed relays, so totals never go backwards. */
+  private readonly closedStats: Record<"TCP" | "UDP", RelayStats[]> = { TCP: [], UDP: [] };
 
   constructor(private readonly options: UserspaceBackendOptions) {
     this.guard = new SnapshotGuard(options.logger);
@@ -498,6 +501,7 @@ export class UserspaceBackend implements Backend {
       if (socket) {
         if (listener.role !== "nodePort") this.usedPorts.delete(socket.port);
         await socket.close();
+        this.closedStats[socket.protocol].push(socket.stats());
       }
       this.options.relays.remove(listener.key);
     }
@@ -563,6 +567,18 @@ export class UserspaceBackend implements Backend {
     if (errors.length > 0) throw new Error(`portal rules failed (${errors.join("; ")})`);
     if (this.staleUdp.size > 0) await this.clearStaleUdp();
     return { nat, filter };
+  }
+
+  /** Relay counters per protocol: every open relay now, plus the final counts of closed ones. */
+  relayStats(): Record<"TCP" | "UDP", RelayStats> {
+    const open: Record<"TCP" | "UDP", RelayStats[]> = { TCP: [], UDP: [] };
+    for (const { listeners } of this.ports.values()) {
+      for (const l of listeners) if (l.socket) open[l.socket.protocol].push(l.socket.stats());
+    }
+    const closed = (p: "TCP" | "UDP") => ({ ...sumStats(this.closedStats[p]), active: 0, bufferedBytes: 0 });
+    // Fold closed relays into one entry now and then, so the list stays short.
+    for (const p of ["TCP", "UDP"] as const) if (this.closedStats[p].length > 64) this.closedStats[p] = [sumStats(this.closedStats[p])];
+    return { TCP: sumStats([...open.TCP, closed("TCP")]), UDP: sumStats([...open.UDP, closed("UDP")]) };
   }
 
   plan(snapshot: Snapshot): string {
@@ -652,6 +668,35 @@ export function planUserspaceText(snapshot: Snapshot, options: UserspacePlanOpti
   return lines.join("\n");
 }
 
+/** The relays' counters on /metrics, by protocol, read at scrape time. */
+export function registerRelayMetrics(registry: Registry, stats: () => Record<"TCP" | "UDP", RelayStats>): void {
+  let current: Record<"TCP" | "UDP", RelayStats> | undefined;
+  registry.beforeCollect(() => {
+    current = stats();
+  });
+  const metric = (name: string, help: string, type: "counter" | "gauge", samples: (s: Record<"TCP" | "UDP", RelayStats>) => Sample[]): Collector => ({
+    name,
+    help,
+    type,
+    collect: () => (current ? samples(current) : []),
+  });
+  const byProtocol = (pick: (r: RelayStats) => number) => (s: Record<"TCP" | "UDP", RelayStats>) =>
+    (["TCP", "UDP"] as const).map((protocol) => ({ labels: { protocol }, value: pick(s[protocol]) }));
+  registry.register(metric("kproxy_userspace_active_connections", "Relayed TCP connections and UDP client sessions open now", "gauge", byProtocol((r) => r.active)));
+  registry.register(metric("kproxy_userspace_connections_total", "TCP connections and UDP client sessions accepted by the relays", "counter", byProtocol((r) => r.total)));
+  registry.register(
+    metric("kproxy_userspace_bytes_total", "Payload bytes relayed, by direction", "counter", (s) =>
+      (["TCP", "UDP"] as const).flatMap((protocol) => [
+        { labels: { protocol, direction: "to_endpoints" }, value: s[protocol].bytesToEndpoints },
+        { labels: { protocol, direction: "to_clients" }, value: s[protocol].bytesToClients },
+      ]),
+    ),
+  );
+  registry.register(metric("kproxy_userspace_dial_failures_total", "Endpoint dials that failed or timed out (each attempt)", "counter", byProtocol((r) => r.dialFailures)));
+  registry.register(metric("kproxy_userspace_rejected_total", "Clients turned away because no endpoint could be reached", "counter", byProtocol((r) => r.rejected)));
+  registry.register(metric("kproxy_userspace_buffered_bytes", "Bytes held by the relays waiting for a slow reader or a dial", "gauge", byProtocol((r) => r.bufferedBytes)));
+}
+
 export interface UserspaceBackendDeps {
   readonly logger: Logger;
   /** "off" for runs that must never write kernel rules. */
@@ -661,12 +706,14 @@ export interface UserspaceBackendDeps {
   readonly exec?: Exec;
   /** Proxier health, for the health check node ports' answers; without it none are served. */
   readonly health?: ProxierHealthCheck;
+  /** Where the relay counters are exposed. */
+  readonly registry?: Registry;
 }
 
 /** The userspace backend a configuration asks for. */
 export function userspaceBackendFromConfig(config: Config, deps: UserspaceBackendDeps): UserspaceBackend {
   const relays = new RelayPool({ threads: deps.threads ?? availableParallelism(), udpIdleTimeoutMs: config.udpIdleTimeout, logger: deps.logger });
-  return new UserspaceBackend({
+  const backend = new UserspaceBackend({
     relays,
     logger: deps.logger,
     exec: deps.exec ?? bunExec,
@@ -676,4 +723,6 @@ export function userspaceBackendFromConfig(config: Config, deps: UserspaceBacken
     flavour: config.iptables.flavour,
     ...(deps.health ? { serviceHealth: new ServiceHealthServer({ health: deps.health, logger: deps.logger }) } : {}),
   });
+  if (deps.registry) registerRelayMetrics(deps.registry, () => backend.relayStats());
+  return backend;
 }

@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import {
   RelayPool,
+  registerRelayMetrics,
   type RelayFactory,
   type RelayListenOptions,
   UserspaceBackend,
@@ -12,7 +13,8 @@ import type { Fields, Logger } from "../../../src/log.ts";
 import type { ChangeSet, SessionAffinity } from "../../../src/model/types.ts";
 import type { Exec, ExecOptions, ExecResult } from "../../../src/system/exec.ts";
 import { endpoint, servicePort, snapshot, testNodeName } from "../iptables/helpers.ts";
-import { closedPort, fetchName, nameServer, startBackend } from "./helpers.ts";
+import { Registry } from "../../../src/server/registry.ts";
+import { closedPort, eventually, fetchName, nameServer, startBackend } from "./helpers.ts";
 
 const FULL: ChangeSet = { changed: new Set(), full: true, triggerTimes: [] };
 const PARTIAL: ChangeSet = { changed: new Set(), full: false, triggerTimes: [] };
@@ -389,6 +391,20 @@ describe("userspace backend", () => {
     expect(calls).toEqual(['services [["ns1/lb",32000]]', 'endpoints [["ns1/lb",1]]', "close"]);
   });
 
+  test("relay counters on /metrics, by protocol, read at scrape time", () => {
+    const registry = new Registry();
+    const tcp = { active: 2, total: 7, bytesToEndpoints: 100, bytesToClients: 300, dialFailures: 1, rejected: 0, bufferedBytes: 5 };
+    let udp = { ...NO_STATS };
+    registerRelayMetrics(registry, () => ({ TCP: tcp, UDP: udp }));
+    expect(registry.expose()).toContain('kproxy_userspace_connections_total{protocol="TCP"} 7\n');
+    udp = { ...NO_STATS, total: 3 };
+    const text = registry.expose();
+    expect(text).toContain("# TYPE kproxy_userspace_connections_total counter\n");
+    expect(text).toContain('kproxy_userspace_connections_total{protocol="UDP"} 3\n');
+    expect(text).toContain('kproxy_userspace_bytes_total{protocol="TCP",direction="to_clients"} 300\n');
+    expect(text).toContain('kproxy_userspace_active_connections{protocol="TCP"} 2\n');
+  });
+
   test("close stops every relay and the relay threads", async () => {
     const { relays, backend } = setup();
     await backend.sync(snapshot([[web, webEndpoints]]), FULL);
@@ -440,12 +456,16 @@ describe("userspace backend on real relays (loopback)", () => {
       seen[name] = (seen[name] ?? 0) + 1;
     }
     expect(seen).toEqual({ a: 3, b: 3 });
+    await eventually("connections closed", () => backend.relayStats().TCP.active === 0);
+    expect(backend.relayStats().TCP).toMatchObject({ active: 0, total: 6, bytesToClients: 6 });
 
     await backend.sync(snapshot([[svc, [endpoint("127.0.0.1", b.port)]]]), changed(svc));
     for (let i = 0; i < 4; i++) expect(await fetchName(nodePort)).toBe("b");
 
     await backend.sync(snapshot([]), changed(svc));
     await expect(fetchName(nodePort)).rejects.toThrow();
+    // Totals of closed relays are kept.
+    expect(backend.relayStats().TCP.total).toBe(10);
   });
 
   test("relay threads that cannot start: the pool says so once and relays TCP on the main thread", async () => {
