@@ -3,20 +3,22 @@
  * memory with a large cluster loaded, measured inside the IPVS guest (this machine's kernel has no
  * IPVS; see test/e2e/vm/README.md). The guest side is bench/ipvs/guest.ts; this prints its table.
  *
- *   bun bench/ipvs-sync.ts [services] [rounds]
+ *   bun bench/ipvs-sync.ts [services] [rounds] [all|partial]
  */
 import { join } from "node:path";
 import { guestAvailable, runInGuest } from "../test/e2e/vm/run.ts";
 
 const services = process.argv[2] ?? "10000";
 const rounds = process.argv[3] ?? "3";
+/** `partial` skips the full-sync comparison. */
+const mode = process.argv[4] ?? "all";
 const guest = await guestAvailable();
 if (!guest.ok) {
   console.error(`bench/ipvs-sync: ${guest.reason}`);
   process.exit(1);
 }
 const run = await runInGuest({
-  command: [process.execPath, "bench/ipvs/guest.ts", services, rounds],
+  command: [process.execPath, "bench/ipvs/guest.ts", services, rounds, mode],
   cwd: join(import.meta.dir, ".."),
   timeoutMs: 1_800_000,
   memoryMb: 2048,

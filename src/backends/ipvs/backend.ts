@@ -20,7 +20,7 @@ import type { Logger } from "../../log.ts";
 import type { KproxyMetrics } from "../../metrics.ts";
 import { ipFamilyOf } from "../../model/ip.ts";
 import { categorizeEndpoints } from "../../model/topology.ts";
-import type { ChangeSet, IPFamily, Snapshot } from "../../model/types.ts";
+import type { ChangeSet, Endpoint, IPFamily, ServicePort, Snapshot } from "../../model/types.ts";
 import { type ProxierHealthCheck, ServiceHealthServer } from "../../server/service-health.ts";
 import { Conntrack } from "../../system/conntrack.ts";
 import { type Clock, realClock } from "../../system/clock.ts";
@@ -30,7 +30,7 @@ import { detectIptablesFlavour, Iptables, type IptablesFlavour } from "../../sys
 import { diffIpvs, Ipvsadm, type IpvsTimeouts, type VirtualServer, virtualServerKey } from "../../system/ipvs.ts";
 import { ensureSysctl, procSysctl, type Sysctl } from "../../system/sysctl.ts";
 import type { Backend, SyncResult } from "../backend.ts";
-import { healthCheckState, type ServiceHealthPorts, SnapshotGuard } from "../iptables/backend.ts";
+import { healthCheckState, type ServiceHealthPorts, servicePortProblem, SnapshotGuard } from "../iptables/backend.ts";
 import type { RuleOptions } from "../iptables/options.ts";
 import type { CategorizeEndpoints } from "../iptables/service-rules.ts";
 import { clearStaleConntrack, staleConntrackOps } from "../iptables/conntrack-cleanup.ts";
@@ -122,6 +122,9 @@ export class IpvsBackend implements Backend {
   private readonly conntrack: Conntrack;
   /** The snapshot the kernel reflects, for stale UDP flow cleanup. */
   private appliedSnapshot: Snapshot | undefined;
+  /** Endpoints per service port as planned, and their sum (kept up to date by partial syncs). */
+  private readonly endpointsOf = new Map<string, number>();
+  private endpointCount = 0;
   /** Serializes syncs and drain checks: both write ipvs and `applied`. */
   private queue: Promise<unknown> = Promise.resolve();
 
@@ -205,23 +208,25 @@ export class IpvsBackend implements Backend {
   sync(snapshot: Snapshot, changes: ChangeSet): Promise<SyncResult> {
     return this.exclusive(async () => {
       const flavour = await this.start();
-      const clean = this.guard.apply(snapshot);
+      const partial = !changes.full && this.desired !== undefined && this.env !== undefined;
+      // A partial sync looks at the changed service ports only (partialSync checks each), so its
+      // cost does not grow with the cluster; a full sync screens the whole snapshot.
+      const clean = partial ? snapshot : this.guard.apply(snapshot);
       let result: SyncResult;
       try {
-        result = changes.full || !this.desired || !this.env ? await this.fullSync(clean, flavour) : await this.partialSync(clean, changes, flavour);
+        result = partial ? await this.partialSync(clean, changes, flavour) : await this.fullSync(clean, flavour);
       } catch (err) {
         this.desired = undefined;
         throw err;
       }
+      const previous = this.appliedSnapshot;
       // As upstream: UDP flows to endpoints that are gone would keep their NAT until they time out.
-      const ops = staleConntrackOps(this.appliedSnapshot, clean, {
-        categorize: this.categorize,
-        ...(result.partial && this.appliedSnapshot ? { keys: changes.changed } : {}),
-      });
+      const ops = staleConntrackOps(previous, clean, { categorize: this.categorize, ...(partial && previous ? { keys: changes.changed } : {}) });
       this.appliedSnapshot = clean;
       if (ops.length > 0) await clearStaleConntrack(this.conntrack, ops, this.options.logger);
       const health = this.options.serviceHealth;
-      if (health) {
+      const hasHealthPort = (key: string) => (previous?.services.get(key)?.healthCheckNodePort ?? 0) !== 0 || (clean.services.get(key)?.healthCheckNodePort ?? 0) !== 0;
+      if (health && (!partial || [...changes.changed].some(hasHealthPort))) {
         const { ports, localEndpoints } = healthCheckState(clean, this.categorize);
         await health.syncServices(ports);
         health.syncEndpoints(localEndpoints);
@@ -331,7 +336,14 @@ export class IpvsBackend implements Backend {
       addressesRemoved: removeAddresses.length,
       draining: this.draining.size,
     });
-    return this.result(snapshot, desired, rules, false);
+    this.endpointsOf.clear();
+    this.endpointCount = 0;
+    for (const [key, list] of snapshot.endpoints) {
+      if (!snapshot.services.has(key) || list.length === 0) continue;
+      this.endpointsOf.set(key, list.length);
+      this.endpointCount += list.length;
+    }
+    return this.result(desired, rules, false);
   }
 
   private async partialSync(snapshot: Snapshot, changes: ChangeSet, flavour: IptablesFlavour): Promise<SyncResult> {
@@ -339,10 +351,19 @@ export class IpvsBackend implements Backend {
     const env = { ...(this.env as IpvsPlanEnv), node: snapshot.node, nodeIPs: snapshot.node.addresses };
     let delta: DesiredDelta | undefined;
     for (const key of changes.changed) {
-      const sp = snapshot.services.get(key);
-      delta = desired.replace(key, sp ? planServicePort(sp, snapshot.endpoints.get(key) ?? [], env) : undefined, delta);
+      let sp = snapshot.services.get(key);
+      const problem = sp ? servicePortProblem(sp) : undefined;
+      if (sp && problem !== undefined) {
+        this.options.logger.warn("Skipping a service port that cannot be programmed", { servicePort: sp.servicePortName, protocol: sp.protocol, problem });
+        sp = undefined;
+      }
+      const endpoints = usableEndpoints(sp, snapshot.endpoints.get(key) ?? []);
+      this.endpointCount += endpoints.length - (this.endpointsOf.get(key) ?? 0);
+      if (endpoints.length > 0) this.endpointsOf.set(key, endpoints.length);
+      else this.endpointsOf.delete(key);
+      delta = desired.replace(key, sp ? planServicePort(sp, endpoints, env) : undefined, delta);
     }
-    if (!delta) return this.result(snapshot, desired, this.ruleCount(), true);
+    if (!delta) return this.result(desired, this.ruleCount(), true);
     applyAddressMembers(delta);
 
     const before: VirtualServer[] = [];
@@ -387,7 +408,7 @@ export class IpvsBackend implements Backend {
     }
     for (const [vs, rs] of drainedNow) this.draining.add(vs, rs);
     this.options.logger.debug(3, "Synced ipvs (partial)", { servicePorts: changes.changed.size, ipvsLines: batch.length, ipsetLines: setLines.length });
-    return this.result(snapshot, desired, rules, true);
+    return this.result(desired, rules, true);
   }
 
   private ruleCount(): { filter: number; nat: number } {
@@ -434,10 +455,8 @@ export class IpvsBackend implements Backend {
     return this.ruleCount();
   }
 
-  private result(snapshot: Snapshot, desired: DesiredState, rules: { filter: number; nat: number }, partial: boolean): SyncResult {
-    let endpoints = 0;
-    for (const list of snapshot.endpoints.values()) endpoints += list.length;
-    return { servicePorts: desired.servicePorts, endpoints, rules, partial };
+  private result(desired: DesiredState, rules: { filter: number; nat: number }, partial: boolean): SyncResult {
+    return { servicePorts: desired.servicePorts, endpoints: this.endpointCount, rules, partial };
   }
 
   plan(snapshot: Snapshot): string {
@@ -459,6 +478,13 @@ export class IpvsBackend implements Backend {
     this.stop.abort();
     await this.options.serviceHealth?.close();
   }
+}
+
+/** The endpoints of a service port that can be real servers (its family, a valid port). */
+function usableEndpoints(sp: ServicePort | undefined, endpoints: readonly Endpoint[]): readonly Endpoint[] {
+  if (!sp) return [];
+  const ok = (ep: Endpoint) => ipFamilyOf(ep.ip) === sp.family && Number.isInteger(ep.port) && ep.port >= 1 && ep.port <= 65535;
+  return endpoints.every(ok) ? endpoints : endpoints.filter(ok);
 }
 
 export interface IpvsPlanTextOptions {
