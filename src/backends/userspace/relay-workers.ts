@@ -34,6 +34,8 @@ export interface WorkerListenOptions {
  */
 export class TcpRelayWorkers {
   private readonly workers: Worker[] = [];
+  /** Threads that have failed, with why: nothing sent to them is ever answered, so requests fail at once. */
+  private readonly failed = new Map<Worker, string>();
   private readonly pending = new Map<number, { readonly worker: Worker; readonly resolve: (reply: WorkerReply) => void }>();
   private nextId = 1;
   private readonly dialTimeoutsMs: readonly number[];
@@ -54,11 +56,13 @@ export class TcpRelayWorkers {
       };
       w.onerror = (ev) => {
         this.logger?.error("relay thread failed", { thread: i, err: ev.message });
+        const why = `relay thread ${i} failed: ${ev.message}`;
+        this.failed.set(w, why);
         // Whatever this thread was asked is never answered now; fail it instead of hanging.
         for (const [id, p] of this.pending) {
           if (p.worker !== w) continue;
           this.pending.delete(id);
-          p.resolve({ id, error: `relay thread ${i} failed: ${ev.message}` });
+          p.resolve({ id, error: why });
         }
       };
       this.workers.push(w);
@@ -144,11 +148,13 @@ export class TcpRelayWorkers {
   }
 
   private broadcast(m: WorkerRequest): void {
-    for (const w of this.workers) w.postMessage(m);
+    for (const w of this.workers) if (!this.failed.has(w)) w.postMessage(m);
   }
 
   private request(w: Worker, make: (id: number) => WorkerRequest): Promise<WorkerReply> {
     if (this.closed) return Promise.resolve({ id: 0, error: "relay threads stopped" });
+    const failed = this.failed.get(w);
+    if (failed !== undefined) return Promise.resolve({ id: 0, error: failed });
     const id = this.nextId++;
     return new Promise<WorkerReply>((resolve) => {
       this.pending.set(id, { worker: w, resolve });

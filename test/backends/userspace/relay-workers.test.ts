@@ -1,4 +1,5 @@
 import { afterEach, describe, expect, test } from "bun:test";
+import { memoryLogger } from "../../../src/log.ts";
 import { TcpRelayWorkers } from "../../../src/backends/userspace/relay-workers.ts";
 import { closedPort, connect, eventually, fetchName, HOST, nameServer, readAll, startBackend } from "./helpers.ts";
 
@@ -81,5 +82,29 @@ describe("TCP relay threads", () => {
     const free = await closedPort();
     const relay = await pool.listen({ serviceKey: "svc", host: HOST, port: free });
     expect(relay.port).toBe(free);
+  });
+
+  test("a thread that has died answers later requests at once with an error instead of never", async () => {
+    const logger = memoryLogger();
+    const pool = TcpRelayWorkers.start({ threads: 1, logger, workerUrl: new URL("./fixtures/dying-relay-worker.ts", import.meta.url).href });
+    cleanups.push(() => pool.close());
+    pool.update("svc", ["127.0.0.1:1"]);
+    await eventually("thread failure seen", () => logger.lines.some((l) => l.includes("relay thread failed")));
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const unanswered = new Promise<string>((resolve) => {
+      timer = setTimeout(() => resolve("unanswered"), 2000);
+    });
+    try {
+      const outcome = await Promise.race([
+        pool.listen({ serviceKey: "svc", host: HOST, port: 0 }).then(
+          () => "listening",
+          (err: Error) => err.message,
+        ),
+        unanswered,
+      ]);
+      expect(outcome).toContain("relay thread 0 failed");
+    } finally {
+      clearTimeout(timer);
+    }
   });
 });
