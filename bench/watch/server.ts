@@ -10,6 +10,15 @@ const spec: ClusterSpec = JSON.parse(process.argv[2] ?? "{}") as ClusterSpec;
 const server = await FakeApiServer.start({ splitChunks: false });
 for (const svc of services(spec)) server.create("services", svc);
 for (const slice of slices(spec)) server.create("endpointslices", slice);
+// Serve every page once before the benchmark starts: the fake server's own warm-up is not kproxy's cost.
+for (const path of ["/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices"]) {
+  let cont = "";
+  do {
+    const q = new URLSearchParams({ limit: "500", ...(cont ? { continue: cont } : {}) });
+    const res = await fetch(`${server.url}${path}?${q}`, { headers: { Authorization: `Bearer ${server.token}` }, tls: { ca: server.caPem } });
+    cont = ((await res.json()) as { metadata: { continue?: string } }).metadata.continue ?? "";
+  } while (cont);
+}
 process.stdout.write(JSON.stringify({ url: server.url, caPem: server.caPem, token: server.token }) + "\n");
 
 const decoder = new TextDecoder();

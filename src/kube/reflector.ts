@@ -184,27 +184,34 @@ export class Reflector {
    */
   async #list(signal: AbortSignal): Promise<void> {
     const pageSize = this.#o.pageSize ?? defaultPageSize;
-    let seen = new Set<string>();
+    const fetchPage = (cont: string) =>
+      this.#o.client
+        .get(this.#o.path, { query: this.#query({ limit: pageSize, continue: cont || undefined }), signal })
+        .then((body) => parseListPage(body, this.#o.path));
+    const seen = new Set<string>();
     let stats = { items: 0, upserts: 0 };
     let cont = "";
+    let next = fetchPage(cont);
     for (;;) {
       let page: ListPage;
       try {
-        page = parseListPage(
-          await this.#o.client.get(this.#o.path, { query: this.#query({ limit: pageSize, continue: cont || undefined }), signal }),
-          this.#o.path,
-        );
+        page = await next;
       } catch (err) {
         if (cont !== "" && err instanceof ApiError && err.gone) {
           // The snapshot behind the continue token was compacted: one unpaginated list instead.
           this.#logger.info("List continuation expired; listing everything at once");
-          page = parseListPage(await this.#o.client.get(this.#o.path, { query: this.#query({}), signal }), this.#o.path);
-          seen = new Set<string>();
-          stats = this.#applyPage(page.items, seen, { items: 0, upserts: 0 });
-          this.#finishList(seen, page.rv, stats);
+          const full = parseListPage(await this.#o.client.get(this.#o.path, { query: this.#query({}), signal }), this.#o.path);
+          const fullSeen = new Set<string>();
+          this.#finishList(fullSeen, full.rv, this.#applyPage(full.items, fullSeen, { items: 0, upserts: 0 }));
           return;
         }
         throw err;
+      }
+      // The next page is on its way while this one is applied, so the server's and our work overlap.
+      if (page.continue !== "") {
+        next = fetchPage(page.continue);
+        // Awaited on the next turn; this keeps a failure meanwhile from counting as unhandled.
+        next.catch(() => {});
       }
       stats = this.#applyPage(page.items, seen, stats);
       if (page.continue === "") {
@@ -214,6 +221,7 @@ export class Reflector {
       cont = page.continue;
     }
   }
+
 
   /** Reports a listed page's new and changed objects; `seen` collects the keys listed so far. */
   #applyPage(items: readonly unknown[], seen: Set<string>, stats: { items: number; upserts: number }): { items: number; upserts: number } {
