@@ -120,9 +120,16 @@ export class RelayPool implements RelayFactory {
     this.workers?.remove(key);
   }
 
-  /** The main thread's balancer only: relay threads keep their own affinity tables. */
+  /** Relay threads keep their own affinity tables, so each is told to sweep its own. */
   cleanupStaleAffinity(): void {
     this.balancer.cleanupStaleAffinity();
+    this.workers?.cleanupStaleAffinity();
+  }
+
+  /** ClientIP affinity records held on the main thread and every relay thread. */
+  async affinityRecords(): Promise<number> {
+    await this.workersChecked;
+    return this.balancer.affinityRecords() + ((await this.workers?.affinityRecords()) ?? 0);
   }
 
   async listen(o: RelayListenOptions): Promise<ProxySocket> {

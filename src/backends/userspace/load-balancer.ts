@@ -116,6 +116,13 @@ export class LoadBalancer implements EndpointChooser {
     return endpoint;
   }
 
+  /** How many ClientIP affinity records are held, over all services. */
+  affinityRecords(): number {
+    let n = 0;
+    for (const state of this.services.values()) n += state.sticky.size;
+    return n;
+  }
+
   /** Drops affinity records idle for timeoutSeconds or more; call it now and then (each sync will do). */
   cleanupStaleAffinity(): void {
     const now = this.clock.now();

@@ -4,6 +4,10 @@ import type { SessionAffinity } from "../../model/types.ts";
 export type WorkerRequest =
   | { readonly op: "update"; readonly serviceKey: string; readonly endpoints: readonly string[]; readonly affinity: SessionAffinity }
   | { readonly op: "remove"; readonly serviceKey: string }
+  /** Forget ClientIP affinity records past their timeout (sent with every sync). */
+  | { readonly op: "sweepAffinity" }
+  /** Answer with how many ClientIP affinity records this thread holds. */
+  | { readonly op: "affinityRecords"; readonly id: number }
   | {
       readonly op: "listen";
       readonly id: number;
@@ -18,5 +22,5 @@ export type WorkerRequest =
     }
   | { readonly op: "close"; readonly id: number; readonly serviceKey: string; readonly closeActive: boolean };
 
-/** Answers to `listen` and `close`. */
-export type WorkerReply = { readonly id: number; readonly port?: number; readonly error?: string };
+/** Answers to `listen`, `close` and `affinityRecords`. */
+export type WorkerReply = { readonly id: number; readonly port?: number; readonly count?: number; readonly error?: string };

@@ -27,6 +27,12 @@ self.onmessage = async (event: MessageEvent<WorkerRequest>) => {
     case "remove":
       balancer.remove(m.serviceKey);
       return;
+    case "sweepAffinity":
+      balancer.cleanupStaleAffinity();
+      return;
+    case "affinityRecords":
+      reply({ id: m.id, count: balancer.affinityRecords() });
+      return;
     case "listen":
       try {
         relays.get(m.serviceKey)?.close({ closeActive: true });

@@ -85,6 +85,17 @@ export class TcpRelayWorkers {
     this.broadcast({ op: "remove", serviceKey });
   }
 
+  /** Every thread forgets its ClientIP affinity records past their timeout. */
+  cleanupStaleAffinity(): void {
+    this.broadcast({ op: "sweepAffinity" });
+  }
+
+  /** ClientIP affinity records held over all threads (a failed thread counts none). */
+  async affinityRecords(): Promise<number> {
+    const replies = await Promise.all(this.workers.map((w) => this.request(w, (id) => ({ op: "affinityRecords", id }))));
+    return replies.reduce((sum, r) => sum + (r.count ?? 0), 0);
+  }
+
   /** Opens the service port on `threads` threads; resolves once every one of them listens. */
   async listen(options: WorkerListenOptions): Promise<TcpRelay> {
     const threads = Math.min(this.workers.length, Math.max(1, options.threads ?? this.workers.length));

@@ -495,4 +495,26 @@ describe("userspace backend on real relays (loopback)", () => {
     expect(relay.stats().total).toBe(4);
     expect(logger.count("warn", "Relay threads are unavailable")).toBe(0);
   });
+
+  test("relay threads: stale ClientIP affinity records are swept in every thread, not only on the main thread", async () => {
+    const a = await startBackend(nameServer("a"));
+    cleanups.push(() => a.close());
+    const pool = new RelayPool({ threads: 2, logger: new CaptureLogger() });
+    cleanups.push(() => pool.close());
+    pool.update("svc", [a.endpoint], { type: "ClientIP", timeoutSeconds: 1 });
+    const relay = await pool.listen({ key: "svc", protocol: "TCP", host: "127.0.0.1", port: 0, clientIPAffinity: true });
+    cleanups.push(() => relay.close({ closeActive: true }));
+    expect(await fetchName(relay.port)).toBe("a");
+    expect(await pool.affinityRecords()).toBe(1);
+    // The record goes stale after its one-second timeout; each sweep (one per sync) should then drop it.
+    const deadline = Date.now() + 4000;
+    let records = 1;
+    while (records > 0 && Date.now() < deadline) {
+      pool.cleanupStaleAffinity();
+      records = await pool.affinityRecords();
+      if (records > 0) await Bun.sleep(50);
+    }
+    expect(records).toBe(0);
+  });
 });
+
