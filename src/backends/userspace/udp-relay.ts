@@ -126,6 +126,8 @@ class Relay implements UdpRelay {
       return;
     }
     Bun.udpSocket({
+      // The socket's family must match the endpoint's; unbound it would be IPv4 and cannot reach IPv6.
+      hostname: target.host.includes(":") ? "::" : "0.0.0.0",
       binaryType: "uint8array",
       connect: { hostname: target.host, port: target.port },
       socket: {

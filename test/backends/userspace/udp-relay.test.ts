@@ -17,14 +17,14 @@ interface UdpPeer {
 }
 
 /** A node:dgram socket on loopback; `reply` (when given) answers each datagram. */
-async function peer(reply?: (text: string) => string): Promise<UdpPeer> {
-  const socket = dgram.createSocket("udp4");
+async function peer(reply?: (text: string) => string, host = HOST): Promise<UdpPeer> {
+  const socket = dgram.createSocket(host.includes(":") ? "udp6" : "udp4");
   const received: { text: string; from: string; at: number }[] = [];
   socket.on("message", (msg, rinfo) => {
     received.push({ text: msg.toString(), from: `${rinfo.address}:${rinfo.port}`, at: performance.now() });
     if (reply) socket.send(reply(msg.toString()), rinfo.port, rinfo.address);
   });
-  await new Promise<void>((resolve) => socket.bind(0, HOST, resolve));
+  await new Promise<void>((resolve) => socket.bind(0, host, resolve));
   cleanups.push(() => new Promise<void>((resolve) => socket.close(() => resolve())));
   return { socket, port: socket.address().port, received };
 }
@@ -46,6 +46,19 @@ async function relayTo(endpoints: string[], idleTimeoutMs?: number): Promise<{ r
 describe("UDP relay", () => {
   test("default idle timeout is upstream's 250 ms", () => {
     expect(DEFAULT_UDP_IDLE_TIMEOUT_MS).toBe(250);
+  });
+
+  test("IPv6: a client of an IPv6 service socket reaches an IPv6 endpoint and gets its replies", async () => {
+    const backend = await peer((t) => `echo:${t}`, "::1");
+    const lb = new LoadBalancer();
+    lb.update("ns/dns:udp", [`[::1]:${backend.port}`]);
+    const relay = await startUdpRelay({ serviceKey: "ns/dns:udp", host: "::1", port: 0, chooser: lb, idleTimeoutMs: 5000 });
+    cleanups.push(() => relay.close());
+    const client = await peer(undefined, "::1");
+    client.socket.send("ping", relay.port, "::1");
+    await eventually("a reply", () => client.received.length === 1);
+    expect(client.received[0]).toMatchObject({ text: "echo:ping", from: `::1:${relay.port}` });
+    expect(relay.stats().dialFailures).toBe(0);
   });
 
   test("echo through the relay; replies come from the service address", async () => {
