@@ -281,11 +281,14 @@ class Relay implements TcpRelay {
       ...relayHandlers,
       open: (s) => this.accept(s),
     };
-    const listenOptions: TCPSocketListenOptions<Half> & { reusePort: boolean } = {
+    const listenOptions: TCPSocketListenOptions<Half> & { reusePort: boolean; ipv6Only: boolean } = {
       hostname: this.host,
       port,
       allowHalfOpen: true,
       reusePort,
+      // An IPv6 relay serves IPv6 only: a dual-stack service's IPv4 relay owns the same port (its
+      // NodePort) on 0.0.0.0, which a "::" socket that also took IPv4-mapped clients would block.
+      ipv6Only: this.host.includes(":"),
       socket: handlers,
     };
     this.listener = Bun.listen<Half>(listenOptions);

@@ -1,4 +1,5 @@
 import type { udp } from "bun";
+import { createSocket } from "node:dgram";
 import type { Logger } from "../../log.ts";
 import type { EndpointChooser } from "./load-balancer.ts";
 import type { ProxySocket, RelayStats } from "./proxy-socket.ts";
@@ -25,7 +26,12 @@ export interface UdpRelay extends ProxySocket {
   readonly protocol: "UDP";
 }
 
-type Service = udp.Socket<"uint8array">;
+/** The socket clients send to; replies to them leave through it too. */
+interface Service {
+  readonly port: number;
+  send(datagram: Uint8Array, port: number, address: string): boolean;
+  close(): void;
+}
 type Backend = udp.ConnectedSocket<"uint8array">;
 
 interface Session {
@@ -65,15 +71,19 @@ class Relay implements UdpRelay {
   }
 
   async listen(port: number): Promise<void> {
-    this.service = await Bun.udpSocket({
-      hostname: this.host,
-      port,
-      binaryType: "uint8array",
-      socket: {
-        data: (_s, datagram, clientPort, clientAddress) => this.fromClient(datagram, clientPort, clientAddress),
-        error: (_s, err) => this.logger?.debug(2, "udp service socket error", { service: this.serviceKey, err }),
-      },
-    });
+    const onError = (err: Error) => this.logger?.debug(2, "udp service socket error", { service: this.serviceKey, err });
+    const onDatagram = (datagram: Uint8Array, clientPort: number, clientAddress: string) => this.fromClient(datagram, clientPort, clientAddress);
+    this.service = this.host.includes(":")
+      ? await openIPv6OnlyService(this.host, port, onDatagram, onError)
+      : await Bun.udpSocket({
+          hostname: this.host,
+          port,
+          binaryType: "uint8array",
+          socket: {
+            data: (_s, datagram, clientPort, clientAddress) => onDatagram(datagram, clientPort, clientAddress),
+            error: (_s, err) => onError(err),
+          },
+        });
     this.port = this.service.port;
   }
 
@@ -198,6 +208,39 @@ class Relay implements UdpRelay {
     this.service = undefined;
     for (const s of [...this.sessions.values()]) this.closeSession(s);
   }
+}
+
+/**
+ * An IPv6 service socket that leaves IPv4 to others: a dual-stack service's IPv4 relay owns the same
+ * port (its NodePort) on 0.0.0.0. Bun.udpSocket cannot set IPV6_V6ONLY; node:dgram can.
+ */
+function openIPv6OnlyService(
+  host: string,
+  port: number,
+  onDatagram: (datagram: Uint8Array, clientPort: number, clientAddress: string) => void,
+  onError: (err: Error) => void,
+): Promise<Service> {
+  const socket = createSocket({ type: "udp6", ipv6Only: true });
+  return new Promise<Service>((resolve, reject) => {
+    const failed = (err: Error) => {
+      socket.close();
+      reject(err);
+    };
+    socket.once("error", failed);
+    socket.bind(port, host, () => {
+      socket.off("error", failed);
+      socket.on("error", onError);
+      socket.on("message", (datagram, rinfo) => onDatagram(datagram, rinfo.port, rinfo.address));
+      resolve({
+        port: socket.address().port,
+        send: (datagram, clientPort, clientAddress) => {
+          socket.send(datagram, clientPort, clientAddress);
+          return true;
+        },
+        close: () => socket.close(),
+      });
+    });
+  });
 }
 
 /** Listens for one UDP service port; each client address gets its own socket to an endpoint. */
