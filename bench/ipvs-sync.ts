@@ -32,10 +32,12 @@ const r = JSON.parse(run.stdout.trim().split("\n").at(-1) ?? "{}");
 const row = (name: string, ours: number, ref: number, ratio: number) => `${name.padEnd(34)} ${`${ours} ms`.padStart(10)} ${`${ref} ms`.padStart(10)} ${`${ratio}x`.padStart(7)}`;
 console.log(`ipvs sync, ${r.services} services (${r.servicePorts} service ports, ${r.virtualServers} virtual servers), guest under software emulation`);
 console.log(`${"".padEnd(34)} ${"kproxy".padStart(10)} ${"bare".padStart(10)} ${"ratio".padStart(7)}`);
-console.log(row(`full sync (${r.batchLines.ipvs} ipvsadm + ${r.batchLines.ipset} ipset lines)`, r.full.oursMs, r.full.referenceMs, r.full.ratio));
-console.log(row("  vs both tools run concurrently", r.full.oursMs, r.full.concurrentReferenceMs, r.full.concurrentRatio));
+if (r.full.samples.ours.length > 0) {
+  console.log(row(`full sync (${r.batchLines.ipvs} ipvsadm + ${r.batchLines.ipset} ipset lines)`, r.full.oursMs, r.full.referenceMs, r.full.ratio));
+  console.log(row("  vs both tools run concurrently", r.full.oursMs, r.full.concurrentReferenceMs, r.full.concurrentRatio));
+}
 console.log(row("one endpoint changed (partial)", r.oneEndpoint.oursMs, r.oneEndpoint.referenceMs, r.oneEndpoint.ratio));
-console.log(`periodic full sync, nothing to change: ${r.steadyFullSyncMs} ms`);
+if (r.steadyFullSyncMs !== null) console.log(`periodic full sync, nothing to change: ${r.steadyFullSyncMs} ms`);
 console.log(`resident memory with the cluster loaded: ${r.rssMiB} MiB (heap ${r.heapUsedMiB} MiB)`);
 console.log(`samples: ${JSON.stringify({ full: r.full.samples, oneEndpoint: r.oneEndpoint.samples })}`);
 console.log(`one-endpoint batches: ${JSON.stringify(r.oneEndpoint.batches)}`);
