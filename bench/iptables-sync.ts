@@ -12,7 +12,9 @@
  * nft's unpieced `--noflush` restore of 10,000 services takes minutes (quadratic), so it is measured
  * at 2,000 services only. Runs as root; the orchestrator re-runs this file inside each namespace.
  *
- *   bun bench/iptables-sync.ts [services]
+ *   bun bench/iptables-sync.ts [services] [--only=part,...]
+ *
+ * Parts: sync-legacy, sync-nft, nft-small, latency-legacy, latency-nft, rss (default: all).
  */
 import { IptablesBackend } from "../src/backends/iptables/backend.ts";
 import { splitRestoreInput } from "../src/backends/iptables/chunks.ts";
@@ -90,7 +92,12 @@ const percentile = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Ma
 const full: ChangeSet = { changed: new Set(), full: true, triggerTimes: [] };
 
 /** Inside a namespace: full and partial syncs at `services`, and RSS. Prints one JSON line. */
-async function workerSync(flavour: IptablesFlavour, services: number, bareUnpieced: boolean): Promise<Record<string, unknown>> {
+async function workerSync(
+  flavour: IptablesFlavour,
+  services: number,
+  bareUnpieced: boolean,
+  partialOnly = false,
+): Promise<Record<string, unknown>> {
   const { model, spec } = loadModel(services);
   model.takeChanges();
   const snapshot = model.snapshot();
@@ -107,6 +114,12 @@ async function workerSync(flavour: IptablesFlavour, services: number, bareUnpiec
   out["lines"] = text.split("\n").length;
 
   // Into an empty namespace: bare restore of the text, then (after removing it) kproxy's first sync.
+  if (partialOnly) {
+    const exec = recordingExec();
+    const backend = backendFor(exec, flavour);
+    await backend.sync(snapshot, full);
+    return { ...out, ...(await partialSyncs(flavour, backend, exec, model, spec)) };
+  }
   if (bareUnpieced) out["bareFreshMs"] = await bareRestore(flavour, text);
   if (flavour === "nft") {
     await wipe(flavour);
@@ -132,8 +145,18 @@ async function workerSync(flavour: IptablesFlavour, services: number, bareUnpiec
     out["barePiecesSteadyMs"] = ms;
   }
   await backend.sync(snapshot, full);
+  return { ...out, ...(await partialSyncs(flavour, backend, exec, model, spec)) };
+}
 
-  // One endpoint flips readiness: kproxy's partial sync vs the bare restore of the same input.
+/** One endpoint flips readiness: kproxy's partial sync vs the bare restore of the very input it wrote. */
+async function partialSyncs(
+  flavour: IptablesFlavour,
+  backend: IptablesBackend,
+  exec: ReturnType<typeof recordingExec>,
+  model: ProxyModel,
+  spec: ClusterSpec,
+): Promise<Record<string, unknown>> {
+  const out: Record<string, unknown> = {};
   const partial: number[] = [];
   const bare: number[] = [];
   const partialLines: number[] = [];
@@ -153,7 +176,6 @@ async function workerSync(flavour: IptablesFlavour, services: number, bareUnpiec
   out["partialRuns"] = partial.length;
   out["barePartialMs"] = median(bare);
   out["partialLines"] = median(partialLines);
-
   return out;
 }
 
@@ -245,7 +267,7 @@ async function main(): Promise<void> {
     const [, kind, flavour, services, extra] = argv;
     const result =
       kind === "sync"
-        ? await workerSync(flavour as IptablesFlavour, Number(services), extra === "bare")
+        ? await workerSync(flavour as IptablesFlavour, Number(services), extra === "bare", extra === "partial")
         : kind === "rss"
           ? await workerRss(flavour as IptablesFlavour, Number(services))
           : await workerLatency(flavour as IptablesFlavour, Number(services), Number(extra));
@@ -253,15 +275,23 @@ async function main(): Promise<void> {
     return;
   }
   if (process.getuid?.() !== 0) throw new Error("run as root: the benchmark creates network namespaces");
-  const services = Number(argv[0] ?? 10_000);
+  const only = argv.find((a) => a.startsWith("--only="))?.slice("--only=".length).split(",");
+  const services = Number(argv.find((a) => !a.startsWith("--")) ?? 10_000);
   const started = performance.now();
+  const part = async (name: string, args: string[]): Promise<Record<string, unknown>> =>
+    only === undefined || only.includes(name) ? inFreshNamespace(args) : {};
 
-  const legacy = await inFreshNamespace(["sync", "legacy", String(services), "bare"]);
-  const nft = await inFreshNamespace(["sync", "nft", String(services), "pieces"]);
-  const nftSmall = await inFreshNamespace(["sync", "nft", "2000", "bare"]);
-  const latLegacy = await inFreshNamespace(["latency", "legacy", "1000", "100"]);
-  const latNft = await inFreshNamespace(["latency", "nft", "1000", "100"]);
-  const rss = await inFreshNamespace(["rss", "legacy", String(services)]);
+  // partial-legacy / partial-nft: only the one-endpoint partial syncs (after one full sync).
+  const legacy = only?.includes("partial-legacy")
+    ? await inFreshNamespace(["sync", "legacy", String(services), "partial"])
+    : await part("sync-legacy", ["sync", "legacy", String(services), "bare"]);
+  const nft = only?.includes("partial-nft")
+    ? await inFreshNamespace(["sync", "nft", String(services), "pieces"].with(3, "partial"))
+    : await part("sync-nft", ["sync", "nft", String(services), "pieces"]);
+  const nftSmall = await part("nft-small", ["sync", "nft", "2000", "bare"]);
+  const latLegacy = await part("latency-legacy", ["latency", "legacy", "1000", "100"]);
+  const latNft = await part("latency-nft", ["latency", "nft", "1000", "100"]);
+  const rss = await part("rss", ["rss", "legacy", String(services)]);
 
   const rows: [string, string, string, string][] = [
     ["", "legacy", "nft", "goal"],

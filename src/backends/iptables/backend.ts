@@ -36,7 +36,7 @@ import { clearStaleConntrack, staleConntrackOps } from "./conntrack-cleanup.ts";
 import { isLoopback } from "./ip.ts";
 import type { RuleOptions } from "./options.ts";
 import { applySysctls } from "./sysctls.ts";
-import { type CategorizeEndpoints, type GenerateContext, generateRules } from "./rules.ts";
+import { type CategorizeEndpoints, type GenerateContext, generateRules, type RulesMemory } from "./rules.ts";
 
 /** The part of ServiceHealthServer the backend drives (health check node ports). */
 export interface ServiceHealthPorts {
@@ -88,6 +88,8 @@ interface FamilyState {
   topLevel: ReadonlyMap<string, string> | undefined;
   /** Per-service nat chains in the kernel as of the last successful restore; unknown after a failure. */
   natChains: ReadonlySet<string> | undefined;
+  /** What the last successful restore was generated from, so a partial one writes only differences. */
+  memory: RulesMemory | undefined;
 }
 
 /** Why a service port cannot be written safely, or undefined when it can. */
@@ -241,6 +243,7 @@ export class IptablesBackend implements Backend {
         canaryCheckedAt: Number.NEGATIVE_INFINITY,
         topLevel: undefined,
         natChains: undefined,
+        memory: undefined,
       };
       this.states.set(family, state);
     }
@@ -340,6 +343,7 @@ export class IptablesBackend implements Backend {
       state.ready = false;
       state.natChains = undefined;
       state.topLevel = undefined;
+      state.memory = undefined;
     }
     const partial = !changes.full && state.ready && state.natChains !== undefined;
     // Jumps live in chains anyone may flush; the canary going with them is what says so.
@@ -349,13 +353,17 @@ export class IptablesBackend implements Backend {
     }
     const existing = state.natChains ?? (await state.iptables.chains("nat"));
 
+    // The memory is taken over by the generation (updated in place), so it is dropped until the restore succeeds.
+    const previous = partial && state.topLevel ? state.memory : undefined;
+    state.memory = undefined;
     const context: GenerateContext = partial
-      ? { categorize: this.categorize, changed: changes.changed, existingChains: existing }
+      ? { categorize: this.categorize, changed: changes.changed, existingChains: existing, ...(previous ? { previous } : {}) }
       : { categorize: this.categorize, existingChains: existing };
     const generated = generateRules(snapshot, state.family, options, context);
 
-    const trimmed =
-      partial && state.topLevel
+    const trimmed = generated.topLevelUnchanged && state.topLevel
+      ? { text: generated.text, contents: state.topLevel, skipped: state.topLevel.size }
+      : partial && state.topLevel
         ? withoutUnchangedChains(generated.text, state.topLevel, isTopLevelChain)
         : { text: generated.text, contents: chainContents(generated.text, isTopLevelChain), skipped: 0 };
     const pieceLines = this.options.pieceLines ?? DEFAULT_PIECE_LINES;
@@ -364,18 +372,21 @@ export class IptablesBackend implements Backend {
         ? splitRestoreInput(trimmed.text, pieceLines)
         : [trimmed.text];
     try {
-      for (const piece of pieces) await state.iptables.restore(piece);
+      // Nothing changed in what the kernel holds (e.g. an update that leaves the rules as they were).
+      for (const piece of pieces) if (piece !== "") await state.iptables.restore(piece);
     } catch (err) {
       metrics.iptablesRestoreFailuresTotal.inc();
       if (partial) metrics.iptablesPartialRestoreFailuresTotal.inc();
       state.ready = false;
       state.natChains = undefined;
       state.topLevel = undefined;
+      state.memory = undefined;
       throw err;
     }
     state.ready = true;
     state.natChains = generated.activeNatChains;
     state.topLevel = trimmed.contents;
+    state.memory = generated.memory;
     logger.debug(3, "Restored iptables rules", {
       family: state.family,
       partial,

@@ -8,6 +8,11 @@
  * the others stay in the kernel untouched. Stale per-service chains among `existingChains` are
  * flushed and deleted with `-X` in both modes.
  *
+ * Given the memory of the previous generation (`previous`, whose restore succeeded), a partial
+ * generation also leaves out the top-level chains, and the filter table with them, when no service
+ * port's rules in them changed: one endpoint changed among 10,000 services is then a restore of
+ * that service port's own chains only, and costs O(changed) besides a walk of identity checks.
+ *
  * The mangle/nat/filter KUBE-PROXY-CANARY chains and the jumps from built-in chains are not part of
  * this input: see chains.ts.
  */
@@ -27,7 +32,7 @@ import {
 import { isServiceChainName } from "./hash.ts";
 import { familyOf, isLoopback } from "./ip.ts";
 import { localTrafficMatch, masqueradeMark, sameRuleOptions, type RuleOptions } from "./options.ts";
-import { serviceRules, type CategorizeEndpoints, type ServiceRulesEnv } from "./service-rules.ts";
+import { serviceRules, type CategorizeEndpoints, type ServiceRules, type ServiceRulesEnv } from "./service-rules.ts";
 
 export type { CategorizedEndpoints, CategorizeEndpoints } from "./service-rules.ts";
 export { probability } from "./probability.ts";
@@ -42,6 +47,22 @@ export interface GenerateContext {
   readonly changed?: ReadonlySet<string>;
   /** Chains now in the nat table (from iptables-save); those no longer wanted are deleted. */
   readonly existingChains?: Iterable<string>;
+  /**
+   * The memory of the last generation whose restore succeeded (partial generation only). Its
+   * chain set is taken over and updated in place: do not use it again after this call.
+   */
+  readonly previous?: RulesMemory;
+}
+
+/** What a generation wrote, as the next partial generation needs it to write only differences. */
+export interface RulesMemory {
+  readonly family: IPFamily;
+  readonly options: RuleOptions;
+  /** Rules of the service ports with rules, in output order. */
+  readonly order: readonly ServiceRules[];
+  readonly byKey: ReadonlyMap<string, ServiceRules>;
+  /** Per-service nat chains in the kernel after that restore. */
+  readonly activeChains: Set<string>;
 }
 
 export interface RuleCounts {
@@ -73,6 +94,13 @@ export interface GeneratedRules {
   readonly deletedChains: readonly string[];
   readonly counts: RuleCounts;
   readonly partial: boolean;
+  /**
+   * The top-level chains (and the filter table) are not in `text`: the kernel's are current. Only
+   * with `previous`; `text` is then empty when nothing at all needs writing.
+   */
+  readonly topLevelUnchanged: boolean;
+  /** For the next partial generation, once this restore has succeeded. */
+  readonly memory: RulesMemory;
 }
 
 const INVALID_DROPPED_COUNTER = "ct_state_invalid_dropped_pkts";
@@ -104,6 +132,11 @@ export function generateRules(
 ): GeneratedRules {
   const options = canonicalOptions(givenOptions);
   const { categorize = categorizeEndpoints, changed, existingChains } = context;
+  // Incremental only against a memory of the same family and options: the fixed rules depend on them.
+  const previous =
+    changed !== undefined && context.previous?.family === family && context.previous.options === options
+      ? context.previous
+      : undefined;
   const node = snapshot.node;
   const isIPv6 = family === "IPv6";
   const mark = masqueradeMark(options.masqueradeBit);
@@ -167,15 +200,36 @@ export function generateRules(
     filterRuleCount++;
   }
 
-  const active = new Set<string>();
+  // With a previous memory, chain sets are updated for the changed service ports only.
+  const active = previous?.activeChains ?? new Set<string>();
+  const order: ServiceRules[] = [];
+  const byKey = new Map<string, ServiceRules>();
+  // Own chains of the changed service ports now (incremental mode), written or unchanged.
+  const changedChains: string[] = [];
+  let topLevelUnchanged = previous !== undefined;
   let servicePorts = 0;
   let noLocalEndpointsInternal = 0;
   let noLocalEndpointsExternal = 0;
+  // Own chains and rules of changed service ports, kept apart so an unchanged top level can be left out.
+  const ownNatChains: string[] = [];
+  const ownNatRules: string[] = [];
+  let ownNatRuleCount = 0;
 
   for (const sp of snapshot.services.values()) {
     if (sp.family !== family || sp.clusterIP === "" || sp.clusterIP === "None") continue;
-    servicePorts++;
     const rules = serviceRules(sp, snapshot.endpoints.get(sp.key) ?? NO_ENDPOINTS, env);
+    if (previous !== undefined && topLevelUnchanged) {
+      const before = previous.order[servicePorts];
+      if (
+        before !== rules &&
+        (before === undefined || before.filterRules !== rules.filterRules || before.natTopRules !== rules.natTopRules)
+      ) {
+        topLevelUnchanged = false;
+      }
+    }
+    servicePorts++;
+    order.push(rules);
+    byKey.set(sp.key, rules);
     if (rules.noLocalEndpointsInternal) noLocalEndpointsInternal++;
     if (rules.noLocalEndpointsExternal) noLocalEndpointsExternal++;
     if (rules.filterRuleCount > 0) {
@@ -186,19 +240,52 @@ export function generateRules(
       natRules.push(rules.natTopRules);
       natRuleCount += rules.natTopRuleCount;
     }
-    for (const chain of rules.chains) active.add(chain);
-    if (changed === undefined || changed.has(sp.key)) {
-      if (rules.chains.length > 0) natChains.push(rules.natChains);
+    if (previous === undefined) for (const chain of rules.chains) active.add(chain);
+    const before = previous?.byKey.get(sp.key);
+    if (previous !== undefined && changed?.has(sp.key)) changedChains.push(...rules.chains);
+    const rewrite =
+      changed === undefined ||
+      (changed.has(sp.key) &&
+        (before === undefined ||
+          (before !== rules && (before.natChains !== rules.natChains || before.natRules !== rules.natRules))));
+    if (rewrite) {
+      if (rules.chains.length > 0) {
+        natChains.push(rules.natChains);
+        ownNatChains.push(rules.natChains);
+      }
       natChainCount += rules.chains.length;
-      if (rules.natRuleCount > 0) natRules.push(rules.natRules);
-      natRuleCount += rules.natRuleCount;
+      if (rules.natRuleCount > 0) {
+        natRules.push(rules.natRules);
+        ownNatRules.push(rules.natRules);
+      }
+      ownNatRuleCount += rules.natRuleCount;
     } else {
       skippedRules += rules.natRuleCount;
     }
   }
+  if (previous !== undefined && previous.order.length !== servicePorts) topLevelUnchanged = false;
 
   const deletedChains: string[] = [];
-  if (existingChains !== undefined) {
+  const deletionLines: string[] = [];
+  if (previous !== undefined) {
+    // Stale chains can only be those of changed service ports: the previous restore left no others.
+    const stale: string[] = [];
+    for (const key of changed ?? []) {
+      const before = previous.byKey.get(key);
+      if (before === undefined || before === byKey.get(key)) continue;
+      for (const chain of before.chains) if (active.delete(chain)) stale.push(chain);
+    }
+    for (const chain of changedChains) active.add(chain);
+    for (const chain of stale) {
+      if (active.has(chain)) continue;
+      natChains.push(`${chainLine(chain)}\n`);
+      natRules.push(`-X ${chain}\n`);
+      deletedChains.push(chain);
+    }
+    natChainCount += deletedChains.length;
+    for (const chain of deletedChains) deletionLines.push(`${chainLine(chain)}\n`);
+    for (const chain of deletedChains) deletionLines.push(`-X ${chain}\n`);
+  } else if (existingChains !== undefined) {
     for (const chain of existingChains) {
       if (active.has(chain) || !isServiceChainName(chain)) continue;
       // Declaring the chain flushes it, so nothing references or fills it when -X runs.
@@ -240,6 +327,46 @@ export function generateRules(
   );
   filterRuleCount += 2;
 
+  const memory: RulesMemory = { family, options, order, byKey, activeChains: active };
+  natRuleCount += ownNatRuleCount;
+  if (topLevelUnchanged) {
+    // Deletions (at the end of natChains/natRules) are all this input holds besides the own chains.
+    // Declarations first (a rule may only name a declared or existing chain), then rules, then -X.
+    const deletions = deletedChains.length;
+    const text =
+      ownNatChains.length + ownNatRules.length + deletions === 0
+        ? ""
+        : [
+            "*nat\n",
+            ...ownNatChains,
+            ...deletionLines.slice(0, deletions),
+            ...ownNatRules,
+            ...deletionLines.slice(deletions),
+            "COMMIT\n",
+          ].join("");
+    return {
+      text,
+      activeNatChains: active,
+      deletedChains,
+      counts: {
+        servicePorts,
+        endpoints: totalEndpoints,
+        filterChains: filterChainCount,
+        filterRules: filterRuleCount,
+        natChains: natChainCount,
+        natRules: ownNatRuleCount + deletions,
+        natRulesTotal: natRuleCount + skippedRules,
+        deletedChains: deletions,
+        noLocalEndpointsInternal,
+        noLocalEndpointsExternal,
+        largeClusterMode,
+      },
+      partial: true,
+      topLevelUnchanged: true,
+      memory,
+    };
+  }
+
   const text = [
     "*filter\n",
     ...filterChains,
@@ -268,5 +395,7 @@ export function generateRules(
       largeClusterMode,
     },
     partial: changed !== undefined,
+    topLevelUnchanged: false,
+    memory,
   };
 }

@@ -217,6 +217,74 @@ describe("IptablesBackend", () => {
     expect(exec.calls.filter((c) => c.argv[0]?.endsWith("-save"))).toHaveLength(0);
   });
 
+  test("partial syncs of random changes leave the kernel as a full sync would, writing only what changed", async () => {
+    const pool = [
+      servicePort("ns", "a", "http", { clusterIP: "10.96.1.1", port: 80 }),
+      servicePort("ns", "b", "dns", { clusterIP: "10.96.1.2", port: 53, protocol: "UDP" }),
+      servicePort("ns", "c", "np", { type: "NodePort", clusterIP: "10.96.1.3", port: 80, nodePort: 30003 }),
+      servicePort("ns", "d", "ext", { clusterIP: "10.96.1.4", port: 80, externalIPs: ["192.168.50.4"] }),
+      servicePort("ns", "e", "local", {
+        type: "NodePort",
+        clusterIP: "10.96.1.5",
+        port: 80,
+        nodePort: 30005,
+        externalPolicyLocal: true,
+        internalPolicyLocal: true,
+      }),
+    ];
+    const ips = ["10.244.1.1", "10.244.1.2", "10.244.1.3", "10.244.2.1"];
+    let seed = 12345;
+    const random = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return (seed >>> 16) % n;
+    };
+    const current = new Map<string, [ReturnType<typeof servicePort>, ReturnType<typeof endpoint>[]]>();
+    const kernelOf = (exec: FakeIptables) =>
+      ["filter", "nat"].map((table) =>
+        [...(exec.tables.get(`iptables-legacy/${table}`) ?? new Map<string, string[]>())].toSorted(([x], [y]) => x.localeCompare(y)),
+      );
+    const exec = new FakeIptables();
+    const { backend } = makeBackend(exec);
+    await backend.sync(world([]), full);
+    let withoutTopLevel = 0;
+    let withTopLevel = 0;
+    for (let step = 0; step < 200; step++) {
+      const sp = pool[random(pool.length)] as (typeof pool)[number];
+      const op = random(4);
+      if (op === 0) current.delete(sp.key);
+      else {
+        const eps = ips.filter(() => random(2) === 0).map((ip) => endpoint(ip, 8080, { nodeName: ip.startsWith("10.244.1.") ? "test-node" : "other" }));
+        // op 1: the same service port object with new endpoints; op 2: a new object (as after an update); op 3: same endpoints.
+        const entry = current.get(sp.key);
+        if (op === 3 && entry) current.set(sp.key, [entry[0], [...entry[1]]]);
+        else current.set(sp.key, [op === 2 || !entry ? { ...sp } : entry[0], eps]);
+      }
+      exec.clear();
+      const result = await backend.sync(world([...current.values()]), partialOf(sp.key));
+      expect(result.partial).toBe(true);
+      for (const text of exec.restores()) {
+        if (text.includes("*filter")) withTopLevel++;
+        else withoutTopLevel++;
+      }
+      const reference = new FakeIptables();
+      await makeBackend(reference).backend.sync(world([...current.values()]), full);
+      expect(kernelOf(exec)).toEqual(kernelOf(reference));
+    }
+    expect(withoutTopLevel).toBeGreaterThan(10);
+    expect(withTopLevel).toBeGreaterThan(10);
+  });
+
+  test("a partial sync that changes no rule restores nothing", async () => {
+    const exec = new FakeIptables();
+    const { backend } = makeBackend(exec);
+    await backend.sync(world([[web, webEps], [api, apiEps]]), full);
+    exec.clear();
+    const result = await backend.sync(world([[web, [...webEps]], [api, apiEps]]), partialOf(web.key));
+    expect(result.partial).toBe(true);
+    expect(exec.restores()).toEqual([]);
+    expect(result.rules?.nat).toBe(0);
+  });
+
   test("a failed restore throws, is counted, and makes the next sync full", async () => {
     const exec = new FakeIptables();
     const { backend, metrics } = makeBackend(exec);
