@@ -8,7 +8,9 @@ const server = Bun.serve({
   port: 0,
   // Idle connections of the memory probe must outlive its measurement.
   idleTimeout: 120,
-  fetch: () => new Response(body),
+  // Say "Connection: close" when asked to, as a real server would: without it wrk takes the connection
+  // for kept alive, sends its next request into it and counts a read error for every request.
+  fetch: (req) => (req.headers.get("connection")?.toLowerCase() === "close" ? new Response(body, { headers: { connection: "close" } }) : new Response(body)),
 });
 process.stdout.write(JSON.stringify({ port: server.port }) + "\n");
 process.on("SIGTERM", () => {
