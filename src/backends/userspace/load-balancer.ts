@@ -100,8 +100,9 @@ export class LoadBalancer implements EndpointChooser {
   nextEndpoint(serviceKey: string, clientIP: string, sessionAffinityReset: boolean): string | undefined {
     const state = this.services.get(serviceKey);
     if (!state || state.endpoints.length === 0) return undefined;
-    const now = this.clock.now();
     const ttlMs = affinityTtlMs(state.affinity);
+    // The clock is read only with affinity: without it this runs once per connection for nothing.
+    const now = ttlMs === undefined ? 0 : this.clock.now();
     if (ttlMs !== undefined && !sessionAffinityReset) {
       const sticky = state.sticky.get(clientIP);
       // Whole seconds, as upstream compares them: a client is sticky while floor(idle s) < timeout.

@@ -34,10 +34,13 @@ export interface TcpRelay extends ProxySocket {
  * socket's Half. `queue` holds bytes accepted from the peer that this socket could not take yet: the
  * peer is paused while it is non-empty, which is the whole of the backpressure.
  */
+/** The queue of a Half that holds nothing; shared, so an idle connection allocates no arrays. */
+const NO_CHUNKS: Uint8Array[] = [];
+
 class Half {
   socket: Socket<Half> | undefined;
   peer!: Half;
-  queue: Uint8Array[] = [];
+  queue: Uint8Array[] = NO_CHUNKS;
   queued = 0;
   /** This socket's reader is paused because the peer's queue is full. */
   paused = false;
@@ -50,6 +53,8 @@ class Half {
   closed = false;
   /** A dial that was given up (timeout, client gone): the socket is cut as soon as it opens. */
   abandoned = false;
+  /** The endpoint this (backend) Half dials, for the timeout's message. */
+  endpoint = "";
 
   constructor(readonly conn: Connection) {}
 }
@@ -74,7 +79,7 @@ class Connection {
 
 function dropQueue(h: Half): void {
   h.conn.relay.counters[Stat.bufferedBytes]! -= h.queued;
-  h.queue = [];
+  h.queue = NO_CHUNKS;
   h.queued = 0;
 }
 
@@ -82,7 +87,8 @@ function enqueue(h: Half, chunk: Uint8Array): void {
   h.conn.relay.counters[Stat.bufferedBytes]! += chunk.byteLength;
   // Each `data` call gets a fresh buffer (the runtime copies out of its receive buffer), so holding a
   // view is safe and saves a copy on the backpressure path.
-  h.queue.push(chunk);
+  if (h.queue === NO_CHUNKS) h.queue = [chunk];
+  else h.queue.push(chunk);
   h.queued += chunk.byteLength;
 }
 
@@ -214,6 +220,18 @@ function clearDialTimer(conn: Connection): void {
   conn.dialTimer = undefined;
 }
 
+function onDialTimeout(half: Half): void {
+  const conn = half.conn;
+  conn.dialTimer = undefined;
+  if (half.socket || half.abandoned) return;
+  half.abandoned = true;
+  const timeoutMs = conn.relay.dialTimeoutsMs[conn.attempt - 1];
+  conn.relay.dialFailed(conn, new Error(`dial ${half.endpoint} timed out after ${timeoutMs} ms`));
+}
+
+/** connectError has handled a failed dial; its promise's rejection is of no further use. */
+function ignoreRejection(): void {}
+
 function abandonDial(conn: Connection): void {
   conn.backend.abandoned = true;
   clearDialTimer(conn);
@@ -263,6 +281,7 @@ class Relay implements TcpRelay {
   private readonly connect: TcpConnect;
   private listener: TCPSocketListener<Half> | undefined;
   private readonly connections = new Set<Connection>();
+  private readonly targets = new Map<string, { host: string; port: number }>();
   readonly counters: Float64Array;
 
   constructor(options: TcpRelayOptions) {
@@ -312,42 +331,53 @@ class Relay implements TcpRelay {
       this.reject(conn, endpoint === undefined ? "no endpoints" : "no endpoint reachable");
       return;
     }
+    let half = conn.backend;
+    if (conn.attempt > 0) {
+      // A fresh Half per retry, so late events of the given-up socket reach only the old one.
+      const previous = half;
+      half = new Half(conn);
+      half.peer = conn.client;
+      conn.client.peer = half;
+      conn.backend = half;
+      // Bytes the client sent during a failed attempt go to the next one.
+      half.queue = previous.queue;
+      half.queued = previous.queued;
+      previous.queue = NO_CHUNKS;
+      previous.queued = 0;
+    }
     conn.attempt++;
-    const previous = conn.backend;
-    const half = new Half(conn);
-    half.peer = conn.client;
-    conn.client.peer = half;
-    conn.backend = half;
-    // Bytes the client sent during a failed attempt go to the next one.
-    half.queue = previous.queue;
-    half.queued = previous.queued;
-    previous.queue = [];
-    previous.queued = 0;
+    half.endpoint = endpoint;
     let target: { host: string; port: number };
     try {
-      target = splitHostPort(endpoint);
+      target = this.target(endpoint);
     } catch (err) {
       this.logger?.error("bad endpoint", { service: this.serviceKey, endpoint, err });
       half.abandoned = true;
       this.dialFailed(conn, err as Error);
       return;
     }
-    // A plain timer rather than the Clock: it is armed for every connection, and tests shorten it instead.
-    conn.dialTimer = setTimeout(() => {
-      conn.dialTimer = undefined;
-      if (half.socket || half.abandoned) return;
-      half.abandoned = true;
-      this.dialFailed(conn, new Error(`dial ${endpoint} timed out after ${timeoutMs} ms`));
-    }, timeoutMs);
+    // A plain timer rather than the Clock: it is armed for every connection, and tests shorten it
+    // instead. One shared callback with the Half as argument, so arming it allocates no closure.
+    conn.dialTimer = setTimeout(onDialTimeout, timeoutMs, half);
     this.connect<Half>({
       hostname: target.host,
       port: target.port,
       allowHalfOpen: true,
       data: half,
       socket: backendHandlers,
-    }).catch(() => {
-      // connectError has handled it.
-    });
+    }).catch(ignoreRejection);
+  }
+
+  /** An endpoint's host and port, parsed once per endpoint rather than once per connection. */
+  private target(endpoint: string): { host: string; port: number } {
+    let t = this.targets.get(endpoint);
+    if (t === undefined) {
+      t = splitHostPort(endpoint);
+      // Endpoints come and go over a long run; start afresh rather than keep every one ever seen.
+      if (this.targets.size >= 1024) this.targets.clear();
+      this.targets.set(endpoint, t);
+    }
+    return t;
   }
 
   dialFailed(conn: Connection, error: Error): void {
