@@ -160,7 +160,9 @@ async function partialSyncs(
   const partial: number[] = [];
   const bare: number[] = [];
   const partialLines: number[] = [];
-  for (let r = 1; r <= 5; r += 2) {
+  // Legacy rewrites its whole table per restore (seconds at 10,000 services), so it gets fewer rounds.
+  const rounds = flavour === "nft" ? 9 : 3;
+  for (let r = 1; r <= 2 * rounds; r += 2) {
     model.apply({ type: "upsert", kind: "EndpointSlice", object: sliceObject(spec, 17, r) });
     const changes = model.takeChanges();
     const snap = model.snapshot();
@@ -317,8 +319,8 @@ async function main(): Promise<void> {
     [`nft 2,000 services: bare --noflush in one piece`, "", fmt(nftSmall["bareFreshMs"]), ""],
     [`nft 2,000 services: kproxy first full sync (pieces)`, "", fmt(nftSmall["kproxyFreshMs"]), ""],
     [`  speed-up of pieces`, "", ratio(nftSmall["bareFreshMs"], nftSmall["kproxyFreshMs"]), ""],
-    [`one endpoint changed: partial sync (median of ${legacy["partialRuns"]})`, fmt(legacy["partialMs"]), fmt(nft["partialMs"]), ""],
-    [`  bare restore of the same input (${legacy["partialLines"]} lines)`, fmt(legacy["barePartialMs"]), fmt(nft["barePartialMs"]), ""],
+    [`one endpoint changed: partial sync (median of ${legacy["partialRuns"] ?? "—"} / ${nft["partialRuns"] ?? "—"})`, fmt(legacy["partialMs"]), fmt(nft["partialMs"]), ""],
+    [`  bare restore of the very input kproxy wrote (${legacy["partialLines"] ?? "—"} / ${nft["partialLines"] ?? "—"} lines)`, fmt(legacy["barePartialMs"]), fmt(nft["barePartialMs"]), ""],
     [`  ratio`, ratio(legacy["partialMs"], legacy["barePartialMs"]), ratio(nft["partialMs"], nft["barePartialMs"]), "≤ 1.2"],
     [`event → rules, 1,000 services, p50`, fmt(latLegacy["p50Ms"]), fmt(latNft["p50Ms"]), ""],
     [`event → rules, 1,000 services, p99`, fmt(latLegacy["p99Ms"]), fmt(latNft["p99Ms"]), "< 100 ms"],

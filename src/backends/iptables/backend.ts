@@ -127,10 +127,37 @@ function endpointUsable(ep: Endpoint, family: IPFamily): boolean {
 export class SnapshotGuard {
   private readonly problems = new WeakMap<ServicePort, string | null>();
   private readonly cleanEndpoints = new WeakMap<readonly Endpoint[], readonly Endpoint[]>();
+  /** The last apply found nothing to leave out, so the snapshot it got is known clean. */
+  private lastClean = false;
 
   constructor(private readonly logger: Logger) {}
 
-  apply(snapshot: Snapshot): Snapshot {
+  /**
+   * With `changed` (the keys changed since the previous call's snapshot), only those are checked
+   * when the previous snapshot was clean: a partial sync then costs O(changed) here too.
+   */
+  apply(snapshot: Snapshot, changed?: ReadonlySet<string>): Snapshot {
+    if (changed !== undefined && this.lastClean && [...changed].every((key) => this.clean(snapshot, key))) return snapshot;
+    const result = this.applyAll(snapshot);
+    this.lastClean = result === snapshot;
+    return result;
+  }
+
+  private clean(snapshot: Snapshot, key: string): boolean {
+    const sp = snapshot.services.get(key);
+    if (sp === undefined) return true;
+    let problem = this.problems.get(sp);
+    if (problem === undefined) {
+      problem = servicePortProblem(sp) ?? null;
+      // Not remembered when bad: the full pass that follows logs it once.
+      if (problem === null) this.problems.set(sp, null);
+    }
+    if (problem !== null) return false;
+    const list = snapshot.endpoints.get(key);
+    return list === undefined || this.cleanEndpoints.get(list) === list || list.every((ep) => endpointUsable(ep, sp.family));
+  }
+
+  private applyAll(snapshot: Snapshot): Snapshot {
     let services: Map<string, ServicePort> | undefined;
     let endpoints: Map<string, readonly Endpoint[]> | undefined;
     for (const [key, sp] of snapshot.services) {
@@ -207,6 +234,10 @@ export class IptablesBackend implements Backend {
   private prepared = false;
   /** What the kernel has, as of the last successful sync (for conntrack cleanup). */
   private applied: Snapshot | undefined;
+  /** Endpoints in `applied`, kept up to date by partial syncs. */
+  private endpointCount = 0;
+  /** The previous sync completed, so `changes` of this one are relative to `applied`. */
+  private lastSyncOk = false;
 
   constructor(private readonly options: IptablesBackendOptions) {
     this.categorize = options.categorize ?? categorizeEndpoints;
@@ -252,7 +283,10 @@ export class IptablesBackend implements Backend {
 
   async sync(input: Snapshot, changes: ChangeSet): Promise<SyncResult> {
     const flavour = await this.start();
-    const snapshot = this.guard.apply(input);
+    // What a partial sync looks at is the changed keys; full syncs and the first one walk everything.
+    const changedOnly = !changes.full && this.lastSyncOk ? changes.changed : undefined;
+    this.lastSyncOk = false;
+    const snapshot = this.guard.apply(input, changedOnly);
     const options = ruleOptionsForNode(
       this.options.ruleOptions,
       this.nodePortConfig,
@@ -260,7 +294,10 @@ export class IptablesBackend implements Backend {
       this.options.localAddresses,
     );
     // A family once synced keeps being synced, so its chains go away with its last service.
-    const families = new Set<IPFamily>([...familiesIn(snapshot), ...this.states.keys()]);
+    const families = new Set<IPFamily>(this.states.keys());
+    if (changedOnly === undefined) for (const family of familiesIn(snapshot)) families.add(family);
+    else for (const key of changedOnly) families.add(snapshot.services.get(key)?.family ?? "IPv4");
+    if (families.size === 0) families.add("IPv4");
     let filter = 0;
     let nat = 0;
     let partial = true;
@@ -283,6 +320,7 @@ export class IptablesBackend implements Backend {
     this.options.metrics.noLocalEndpointsTotal.set({ traffic_policy: "internal" }, noLocalInternal);
     this.options.metrics.noLocalEndpointsTotal.set({ traffic_policy: "external" }, noLocalExternal);
 
+    const before = this.applied;
     // The first sync after a start has nothing to compare with: flushing every UDP service's flows
     // then would break healthy ones on each restart (the rules were kept; so are the flows).
     if (this.applied) {
@@ -295,14 +333,28 @@ export class IptablesBackend implements Backend {
     this.applied = snapshot;
 
     const health = this.options.serviceHealth;
-    if (health) {
+    const healthChanged =
+      changedOnly === undefined ||
+      [...changedOnly].some(
+        (key) => (snapshot.services.get(key)?.healthCheckNodePort ?? 0) !== 0 || (before?.services.get(key)?.healthCheckNodePort ?? 0) !== 0,
+      );
+    if (health && healthChanged) {
       const { ports, localEndpoints } = healthCheckState(snapshot, this.categorize);
       await health.syncServices(ports);
       health.syncEndpoints(localEndpoints);
     }
 
-    let endpoints = 0;
-    for (const list of snapshot.endpoints.values()) endpoints += list.length;
+    let endpoints = this.endpointCount;
+    if (changedOnly === undefined || before === undefined) {
+      endpoints = 0;
+      for (const list of snapshot.endpoints.values()) endpoints += list.length;
+    } else {
+      for (const key of changedOnly) {
+        endpoints += (snapshot.endpoints.get(key)?.length ?? 0) - (before.endpoints.get(key)?.length ?? 0);
+      }
+    }
+    this.endpointCount = endpoints;
+    this.lastSyncOk = true;
     return { servicePorts: snapshot.services.size, endpoints, rules: { filter, nat }, partial };
   }
 

@@ -11,13 +11,13 @@
  * Given the memory of the previous generation (`previous`, whose restore succeeded), a partial
  * generation also leaves out the top-level chains, and the filter table with them, when no service
  * port's rules in them changed: one endpoint changed among 10,000 services is then a restore of
- * that service port's own chains only, and costs O(changed) besides a walk of identity checks.
+ * that service port's own chains only, generated in O(changed service ports).
  *
  * The mangle/nat/filter KUBE-PROXY-CANARY chains and the jumps from built-in chains are not part of
  * this input: see chains.ts.
  */
 import { categorizeEndpoints } from "../../model/topology.ts";
-import type { Endpoint, IPFamily, Snapshot } from "../../model/types.ts";
+import type { Endpoint, IPFamily, ServicePort, Snapshot } from "../../model/types.ts";
 import {
   chainLine,
   FILTER_TOP_LEVEL_CHAINS,
@@ -54,15 +54,29 @@ export interface GenerateContext {
   readonly previous?: RulesMemory;
 }
 
-/** What a generation wrote, as the next partial generation needs it to write only differences. */
+/** Whether `sp` gets rules in `family` at all (headless and family-less service ports do not). */
+function hasRules(sp: ServicePort | undefined, family: IPFamily): sp is ServicePort {
+  return sp !== undefined && sp.family === family && sp.clusterIP !== "" && sp.clusterIP !== "None";
+}
+
+/**
+ * What a generation wrote, as the next partial generation needs it to write only differences.
+ * Its containers are updated in place by that generation.
+ */
 export interface RulesMemory {
   readonly family: IPFamily;
   readonly options: RuleOptions;
-  /** Rules of the service ports with rules, in output order. */
-  readonly order: readonly ServiceRules[];
-  readonly byKey: ReadonlyMap<string, ServiceRules>;
+  readonly largeClusterMode: boolean;
+  /** The snapshot's maps it was generated from (what the changed keys had before). */
+  readonly services: Snapshot["services"];
+  readonly endpoints: Snapshot["endpoints"];
+  readonly node: Snapshot["node"];
+  /** Rules of the service ports with rules, by key. */
+  readonly byKey: Map<string, ServiceRules>;
   /** Per-service nat chains in the kernel after that restore. */
   readonly activeChains: Set<string>;
+  /** Counts of the whole ruleset as written (see RuleCounts). */
+  readonly counts: RuleCounts;
 }
 
 export interface RuleCounts {
@@ -137,6 +151,10 @@ export function generateRules(
     changed !== undefined && context.previous?.family === family && context.previous.options === options
       ? context.previous
       : undefined;
+  if (previous !== undefined && changed !== undefined) {
+    const incremental = changedOnly(snapshot, family, options, categorize, changed, previous);
+    if (incremental !== undefined) return incremental;
+  }
   const node = snapshot.node;
   const isIPv6 = family === "IPv6";
   const mark = masqueradeMark(options.masqueradeBit);
@@ -152,16 +170,7 @@ export function generateRules(
     if (sp.family === family) totalEndpoints += snapshot.endpoints.get(sp.key)?.length ?? 0;
   }
   const largeClusterMode = totalEndpoints > options.largeClusterEndpointsThreshold;
-
-  const env: ServiceRulesEnv = {
-    node,
-    options,
-    categorize,
-    largeClusterMode,
-    local: localTrafficMatch(options, family, node),
-    nodeIP: options.nodeIPs.find((ip) => familyOf(ip) === family),
-    countLocalhostNodePorts: localhostNodePorts && options.nfacctCounters.localhostNodePortsAccepted,
-  };
+  const env = rulesEnv(snapshot, family, options, categorize, largeClusterMode);
 
   // Output sections in upstream's order; each holds whole lines ending in "\n".
   const filterChains: string[] = [];
@@ -202,33 +211,17 @@ export function generateRules(
 
   // With a previous memory, chain sets are updated for the changed service ports only.
   const active = previous?.activeChains ?? new Set<string>();
-  const order: ServiceRules[] = [];
   const byKey = new Map<string, ServiceRules>();
   // Own chains of the changed service ports now (incremental mode), written or unchanged.
   const changedChains: string[] = [];
-  let topLevelUnchanged = previous !== undefined;
   let servicePorts = 0;
   let noLocalEndpointsInternal = 0;
   let noLocalEndpointsExternal = 0;
-  // Own chains and rules of changed service ports, kept apart so an unchanged top level can be left out.
-  const ownNatChains: string[] = [];
-  const ownNatRules: string[] = [];
-  let ownNatRuleCount = 0;
 
   for (const sp of snapshot.services.values()) {
     if (sp.family !== family || sp.clusterIP === "" || sp.clusterIP === "None") continue;
     const rules = serviceRules(sp, snapshot.endpoints.get(sp.key) ?? NO_ENDPOINTS, env);
-    if (previous !== undefined && topLevelUnchanged) {
-      const before = previous.order[servicePorts];
-      if (
-        before !== rules &&
-        (before === undefined || before.filterRules !== rules.filterRules || before.natTopRules !== rules.natTopRules)
-      ) {
-        topLevelUnchanged = false;
-      }
-    }
     servicePorts++;
-    order.push(rules);
     byKey.set(sp.key, rules);
     if (rules.noLocalEndpointsInternal) noLocalEndpointsInternal++;
     if (rules.noLocalEndpointsExternal) noLocalEndpointsExternal++;
@@ -249,24 +242,16 @@ export function generateRules(
         (before === undefined ||
           (before !== rules && (before.natChains !== rules.natChains || before.natRules !== rules.natRules))));
     if (rewrite) {
-      if (rules.chains.length > 0) {
-        natChains.push(rules.natChains);
-        ownNatChains.push(rules.natChains);
-      }
+      if (rules.chains.length > 0) natChains.push(rules.natChains);
       natChainCount += rules.chains.length;
-      if (rules.natRuleCount > 0) {
-        natRules.push(rules.natRules);
-        ownNatRules.push(rules.natRules);
-      }
-      ownNatRuleCount += rules.natRuleCount;
+      if (rules.natRuleCount > 0) natRules.push(rules.natRules);
+      natRuleCount += rules.natRuleCount;
     } else {
       skippedRules += rules.natRuleCount;
     }
   }
-  if (previous !== undefined && previous.order.length !== servicePorts) topLevelUnchanged = false;
 
   const deletedChains: string[] = [];
-  const deletionLines: string[] = [];
   if (previous !== undefined) {
     // Stale chains can only be those of changed service ports: the previous restore left no others.
     const stale: string[] = [];
@@ -283,8 +268,6 @@ export function generateRules(
       deletedChains.push(chain);
     }
     natChainCount += deletedChains.length;
-    for (const chain of deletedChains) deletionLines.push(`${chainLine(chain)}\n`);
-    for (const chain of deletedChains) deletionLines.push(`-X ${chain}\n`);
   } else if (existingChains !== undefined) {
     for (const chain of existingChains) {
       if (active.has(chain) || !isServiceChainName(chain)) continue;
@@ -327,46 +310,6 @@ export function generateRules(
   );
   filterRuleCount += 2;
 
-  const memory: RulesMemory = { family, options, order, byKey, activeChains: active };
-  natRuleCount += ownNatRuleCount;
-  if (topLevelUnchanged) {
-    // Deletions (at the end of natChains/natRules) are all this input holds besides the own chains.
-    // Declarations first (a rule may only name a declared or existing chain), then rules, then -X.
-    const deletions = deletedChains.length;
-    const text =
-      ownNatChains.length + ownNatRules.length + deletions === 0
-        ? ""
-        : [
-            "*nat\n",
-            ...ownNatChains,
-            ...deletionLines.slice(0, deletions),
-            ...ownNatRules,
-            ...deletionLines.slice(deletions),
-            "COMMIT\n",
-          ].join("");
-    return {
-      text,
-      activeNatChains: active,
-      deletedChains,
-      counts: {
-        servicePorts,
-        endpoints: totalEndpoints,
-        filterChains: filterChainCount,
-        filterRules: filterRuleCount,
-        natChains: natChainCount,
-        natRules: ownNatRuleCount + deletions,
-        natRulesTotal: natRuleCount + skippedRules,
-        deletedChains: deletions,
-        noLocalEndpointsInternal,
-        noLocalEndpointsExternal,
-        largeClusterMode,
-      },
-      partial: true,
-      topLevelUnchanged: true,
-      memory,
-    };
-  }
-
   const text = [
     "*filter\n",
     ...filterChains,
@@ -377,25 +320,153 @@ export function generateRules(
     "COMMIT\n",
   ].join("");
 
+  const counts: RuleCounts = {
+    servicePorts,
+    endpoints: totalEndpoints,
+    filterChains: filterChainCount,
+    filterRules: filterRuleCount,
+    natChains: natChainCount,
+    natRules: natRuleCount,
+    natRulesTotal: natRuleCount + skippedRules,
+    deletedChains: deletedChains.length,
+    noLocalEndpointsInternal,
+    noLocalEndpointsExternal,
+    largeClusterMode,
+  };
   return {
     text,
     activeNatChains: active,
     deletedChains,
-    counts: {
-      servicePorts,
-      endpoints: totalEndpoints,
-      filterChains: filterChainCount,
-      filterRules: filterRuleCount,
-      natChains: natChainCount,
-      natRules: natRuleCount,
-      natRulesTotal: natRuleCount + skippedRules,
-      deletedChains: deletedChains.length,
-      noLocalEndpointsInternal,
-      noLocalEndpointsExternal,
-      largeClusterMode,
-    },
+    counts,
     partial: changed !== undefined,
     topLevelUnchanged: false,
-    memory,
+    memory: {
+      family,
+      options,
+      largeClusterMode,
+      services: snapshot.services,
+      endpoints: snapshot.endpoints,
+      node: snapshot.node,
+      byKey,
+      activeChains: active,
+      counts,
+    },
+  };
+}
+
+function rulesEnv(
+  snapshot: Snapshot,
+  family: IPFamily,
+  options: RuleOptions,
+  categorize: CategorizeEndpoints,
+  largeClusterMode: boolean,
+): ServiceRulesEnv {
+  const nodePortAddresses =
+    options.nodePortAddresses === "all" ? "all" : options.nodePortAddresses.filter((ip) => familyOf(ip) === family);
+  const localhostNodePorts =
+    family === "IPv4" &&
+    options.localhostNodePorts &&
+    (nodePortAddresses === "all" || nodePortAddresses.some((ip) => isLoopback(ip)));
+  return {
+    node: snapshot.node,
+    options,
+    categorize,
+    largeClusterMode,
+    local: localTrafficMatch(options, family, snapshot.node),
+    nodeIP: options.nodeIPs.find((ip) => familyOf(ip) === family),
+    countLocalhostNodePorts: localhostNodePorts && options.nfacctCounters.localhostNodePortsAccepted,
+  };
+}
+
+/**
+ * A partial generation in O(changed service ports), when none of them adds or removes a service
+ * port, changes its rules in a top-level chain or flips large-cluster mode: the top-level chains
+ * (and the filter table) are then left out, since the kernel's are current, and only the changed
+ * service ports' own chains are written. Undefined when that does not hold.
+ */
+function changedOnly(
+  snapshot: Snapshot,
+  family: IPFamily,
+  options: RuleOptions,
+  categorize: CategorizeEndpoints,
+  changed: ReadonlySet<string>,
+  previous: RulesMemory,
+): GeneratedRules | undefined {
+  // Every service port's rules depend on the node (its labels, addresses); the model makes that a full sync anyway.
+  if (snapshot.node !== previous.node) return undefined;
+  let totalEndpoints = previous.counts.endpoints;
+  for (const key of changed) {
+    if (previous.services.get(key)?.family === family) totalEndpoints -= previous.endpoints.get(key)?.length ?? 0;
+    if (snapshot.services.get(key)?.family === family) totalEndpoints += snapshot.endpoints.get(key)?.length ?? 0;
+  }
+  const largeClusterMode = totalEndpoints > options.largeClusterEndpointsThreshold;
+  if (largeClusterMode !== previous.largeClusterMode) return undefined;
+  const env = rulesEnv(snapshot, family, options, categorize, largeClusterMode);
+
+  const updates: [string, ServiceRules, ServiceRules][] = [];
+  for (const key of changed) {
+    const before = previous.byKey.get(key);
+    const sp = snapshot.services.get(key);
+    if (!hasRules(sp, family)) {
+      if (before !== undefined) return undefined;
+      continue;
+    }
+    if (before === undefined) return undefined;
+    const rules = serviceRules(sp, snapshot.endpoints.get(key) ?? NO_ENDPOINTS, env);
+    if (rules === before) continue;
+    if (rules.filterRules !== before.filterRules || rules.natTopRules !== before.natTopRules) return undefined;
+    updates.push([key, before, rules]);
+  }
+
+  // From here on the memory is updated in place.
+  const active = previous.activeChains;
+  const natChains: string[] = [];
+  const natRules: string[] = [];
+  let natChainCount = 0;
+  let natRuleCount = 0;
+  let natRulesTotal = previous.counts.natRulesTotal;
+  let noLocalInternal = previous.counts.noLocalEndpointsInternal;
+  let noLocalExternal = previous.counts.noLocalEndpointsExternal;
+  const stale: string[] = [];
+  for (const [key, before, rules] of updates) {
+    previous.byKey.set(key, rules);
+    natRulesTotal += rules.natRuleCount - before.natRuleCount;
+    noLocalInternal += Number(rules.noLocalEndpointsInternal) - Number(before.noLocalEndpointsInternal);
+    noLocalExternal += Number(rules.noLocalEndpointsExternal) - Number(before.noLocalEndpointsExternal);
+    for (const chain of before.chains) if (active.delete(chain)) stale.push(chain);
+  }
+  for (const [, before, rules] of updates) {
+    for (const chain of rules.chains) active.add(chain);
+    // An equal rendering (e.g. a new but equal endpoint list) needs no rewrite.
+    if (rules.natChains === before.natChains && rules.natRules === before.natRules) continue;
+    if (rules.chains.length > 0) natChains.push(rules.natChains);
+    natChainCount += rules.chains.length;
+    if (rules.natRuleCount > 0) natRules.push(rules.natRules);
+    natRuleCount += rules.natRuleCount;
+  }
+  const deletedChains = stale.filter((chain) => !active.has(chain));
+  // Declaring a chain flushes it, so nothing references or fills it when -X runs.
+  for (const chain of deletedChains) natChains.push(`${chainLine(chain)}\n`);
+  for (const chain of deletedChains) natRules.push(`-X ${chain}\n`);
+  natChainCount += deletedChains.length;
+
+  const counts: RuleCounts = {
+    ...previous.counts,
+    endpoints: totalEndpoints,
+    natChains: natChainCount,
+    natRules: natRuleCount,
+    natRulesTotal,
+    deletedChains: deletedChains.length,
+    noLocalEndpointsInternal: noLocalInternal,
+    noLocalEndpointsExternal: noLocalExternal,
+  };
+  return {
+    text: natChains.length === 0 ? "" : ["*nat\n", ...natChains, ...natRules, "COMMIT\n"].join(""),
+    activeNatChains: active,
+    deletedChains,
+    counts,
+    partial: true,
+    topLevelUnchanged: true,
+    memory: { ...previous, services: snapshot.services, endpoints: snapshot.endpoints, counts },
   };
 }

@@ -262,6 +262,7 @@ describe("IptablesBackend", () => {
       exec.clear();
       const result = await backend.sync(world([...current.values()]), partialOf(sp.key));
       expect(result.partial).toBe(true);
+      expect(result.endpoints).toBe([...current.values()].reduce((n, [, eps]) => n + eps.length, 0));
       for (const text of exec.restores()) {
         if (text.includes("*filter")) withTopLevel++;
         else withoutTopLevel++;
@@ -383,6 +384,15 @@ describe("IptablesBackend", () => {
     expect(text).not.toContain("10.96.0.999");
     expect(text).not.toContain("10.244.1.300");
     expect(logger.lines.join("\n")).toContain("ns/bad");
+    // A partial sync checks the changed service ports: a bad one appearing then is caught as well.
+    await backend.sync(world([[web, webEps]]), full);
+    exec.clear();
+    const worse = servicePort("ns", "worse", "", { clusterIP: "10.96.0.998", port: 80 });
+    const result = await backend.sync(world([[web, [...webEps, endpoint("10.244.1.301", 8080)]], [worse, apiEps]]), partialOf(web.key, worse.key));
+    expect(result.partial).toBe(true);
+    expect(exec.restores().join("")).not.toContain("10.244.1.301");
+    expect(exec.restores().join("")).not.toContain("10.96.0.998");
+    expect(logger.lines.join("\n")).toContain("ns/worse");
     expect(servicePortProblem(web)).toBeUndefined();
     expect(servicePortProblem(servicePort("ns", 'x"y', "", { clusterIP: "10.96.0.1", port: 80 }))).toContain("name");
     expect(servicePortProblem(servicePort("ns", "p", "", { clusterIP: "10.96.0.1", port: 70000 }))).toContain("port");
