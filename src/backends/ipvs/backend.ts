@@ -233,8 +233,11 @@ export class IpvsBackend implements Backend {
       }
       return result;
     }).then((result) => {
-      // Upstream tries to delete a drained server right after giving it weight 0.
-      if (this.draining.size > 0) void this.checkDraining().catch((err) => this.options.logger.warn("Checking draining real servers failed", { err }));
+      // Upstream tries to delete a drained server right after giving it weight 0. Here that is
+      // housekeeping after the sync (queued behind it, never overlapping the next one).
+      if (this.draining.size > 0) {
+        setTimeout(() => void this.checkDraining().catch((err) => this.options.logger.warn("Checking draining real servers failed", { err })), 0);
+      }
       return result;
     });
   }
