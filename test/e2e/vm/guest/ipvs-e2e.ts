@@ -352,6 +352,7 @@ async function main(): Promise<void> {
       };
     });
 
+    const withoutDrain = (text: string) => text.split("\n").filter((l) => !l.includes(" 10.96.0.20:80 ")).join("\n");
     await scenario("restart without drops", async () => {
       const before = await save();
       const load = agents.client.json<{ ok: number; failures: string[] }>({ op: "load", host: NODE_IP, port: 30080, ms: 6000 });
@@ -365,7 +366,8 @@ async function main(): Promise<void> {
         stopCode,
         firstSync,
         load: result,
-        sameVirtualServers: before === (await save()),
+        // The "drain" service may lose its drained real server at any moment (its connection ended), so it is left out.
+        sameVirtualServers: withoutDrain(before) === withoutDrain(await save()),
         preroutingJumps: ((await nodeRun("iptables-nft", "-t", "nat", "-S", "PREROUTING")).match(/KUBE-SERVICES/g) ?? []).length,
         inputJumps: (await nodeRun("iptables-nft", "-t", "filter", "-S", "INPUT")).split("\n").filter((l) => l.includes("KUBE-")).length,
       };
