@@ -2,8 +2,8 @@
  * Runs inside the IPVS guest (see bench/ipvs-sync.ts): the ipvs backend against the bare tools
  * applying the very same input, in one run.
  *
- * - full sync of N services × 5 endpoints into an empty IPVS table (kproxy: read the kernel, plan,
- *   diff, `ipset restore` + `ipvsadm -R` + `ip -batch` for kube-ipvs0 + companion rules) vs bare
+ * - full sync of N services × 5 endpoints into an empty IPVS table, each side in a fresh network
+ *   namespace (kproxy: read the kernel, plan, diff, `ipset restore` + `ipvsadm -R` + `ip -batch` for kube-ipvs0 + companion rules) vs bare
  *   `ipvsadm -R` + `ipset restore` of the batches kproxy wrote;
  * - one endpoint changed among them (a pod turning not-ready: its real servers drain at weight 0),
  *   partial sync vs bare `ipvsadm -R` (+ `ipset restore` when kproxy wrote one) of the same batch;
@@ -28,6 +28,8 @@ import { type ClusterSpec, serviceObject, sliceObject } from "../fixtures/cluste
 
 const SERVICES = Number(process.argv[2] ?? 10_000);
 const ROUNDS = Number(process.argv[3] ?? 3);
+/** One-endpoint changes measured (each a flip to not-ready or back). */
+const CHANGES = 20;
 /** `partial`: skip the full-sync comparison (minutes at 10,000 services under emulation). */
 const PARTIAL_ONLY = process.argv[4] === "partial";
 const NODE = "bench-node";
@@ -35,18 +37,36 @@ const NODE = "bench-node";
 /** Records what went to ipvsadm -R and ipset restore, so the reference applies the same bytes. */
 class RecordingExec implements Exec {
   readonly writes: { tool: string; stdin: string }[] = [];
+  constructor(private readonly inner: Exec = bunExec) {}
   async run(argv: readonly string[], options?: Parameters<Exec["run"]>[1]) {
     const tool = argv[0] ?? "";
     if ((tool === "ipvsadm" && argv[1] === "-R") || (tool === "ipset" && argv[1] === "restore")) {
       this.writes.push({ tool, stdin: typeof options?.stdin === "string" ? options.stdin : "" });
     }
-    return bunExec.run(argv, options);
+    return this.inner.run(argv, options);
   }
+}
+
+let namespaces = 0;
+/**
+ * A fresh network namespace with a node address, and an Exec running commands inside it. IPVS
+ * keeps deleted real servers in a per-namespace trash list for minutes and searches it on every
+ * add, so a measurement after another one's clear-out would pay for it: each gets its own.
+ */
+async function freshNamespace(): Promise<Exec> {
+  const name = `bench${namespaces++}`;
+  await sh(["ip", "netns", "add", name]);
+  const exec: Exec = { run: (argv, options) => bunExec.run(["ip", "netns", "exec", name, ...argv], options) };
+  const batch = ["link set lo up", "link add bench0 type dummy", "addr add 192.168.50.2/24 dev bench0", "link set bench0 up"];
+  await runChecked(exec, ["ip", "-batch", "-"], { stdin: `${batch.join("\n")}\n` });
+  return exec;
 }
 
 const sh = (argv: string[], stdin?: string) => runChecked(bunExec, argv, stdin === undefined ? { timeoutMs: 600_000 } : { stdin, timeoutMs: 600_000 });
 
+/** Times `fn` after a full collection, so neither side pays for the other's garbage. */
 async function timed<T>(fn: () => Promise<T>): Promise<[number, T]> {
+  Bun.gc(true);
   const t = performance.now();
   const value = await fn();
   return [performance.now() - t, value];
@@ -55,14 +75,6 @@ async function timed<T>(fn: () => Promise<T>): Promise<[number, T]> {
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.floor(sorted.length / 2)] as number;
-}
-
-/** Back to "kproxy has started but holds no services": no virtual servers, empty sets, no VIPs. */
-async function emptyKernel(): Promise<void> {
-  await sh(["ipvsadm", "-C"]);
-  const sets = (await sh(["ipset", "list", "-n"])).stdout.split("\n").filter((n) => n.startsWith("KUBE-"));
-  if (sets.length > 0) await sh(["ipset", "restore"], `${sets.map((s) => `flush ${s}`).join("\n")}\n`);
-  await sh(["ip", "addr", "flush", "dev", "kube-ipvs0"]);
 }
 
 /** The listed virtual servers ("-t 10.96.0.27:80"), with their real servers' weights, from `ipvsadm -L -n -t …`. */
@@ -93,9 +105,11 @@ async function applyUntimed(lines: readonly string[]): Promise<void> {
 }
 
 /** The bare tools on the same input, one after the other, or both at once (as kproxy runs them). */
-async function reference(writes: readonly { tool: string; stdin: string }[], concurrent = false): Promise<number> {
+async function reference(writes: readonly { tool: string; stdin: string }[], concurrent = false, exec: Exec = bunExec): Promise<number> {
+  Bun.gc(true);
   const t = performance.now();
-  const apply = (w: { tool: string; stdin: string }) => sh(w.tool === "ipvsadm" ? ["ipvsadm", "-R"] : ["ipset", "restore"], w.stdin);
+  const apply = (w: { tool: string; stdin: string }) =>
+    runChecked(exec, w.tool === "ipvsadm" ? ["ipvsadm", "-R"] : ["ipset", "restore"], { stdin: w.stdin, timeoutMs: 600_000 });
   if (concurrent) await Promise.all(writes.map(apply));
   else for (const w of writes) await apply(w);
   return performance.now() - t;
@@ -123,8 +137,8 @@ async function main(): Promise<void> {
   const empty: Snapshot = { services: new Map(), endpoints: new Map(), node: loaded.node };
 
   progress(`model loaded (${SERVICES} services)`);
-  const exec = new RecordingExec();
-  const backend = new IpvsBackend({
+  const newBackend = (exec: Exec) =>
+    new IpvsBackend({
     exec,
     clock: realClock,
     logger: silentLogger,
@@ -140,36 +154,48 @@ async function main(): Promise<void> {
     drainCheckIntervalMs: 600_000,
   });
   const full: ChangeSet = { changed: new Set(), full: true, triggerTimes: [] };
-  // Start-up work (sysctls, kube-ipvs0, the empty sets, the companion chains) happens once per process.
-  await backend.sync(empty, full);
 
   const fullOurs: number[] = [];
   const fullRef: number[] = [];
   const fullRefConcurrent: number[] = [];
   let batchLines = { ipvs: 0, ipset: 0 };
   for (let r = 0; r < (PARTIAL_ONLY ? 0 : ROUNDS); r++) {
-    await emptyKernel();
-    exec.writes.length = 0;
-    const [ms] = await timed(() => backend.sync(loaded, full));
+    // kproxy in its own namespace: start-up (sysctls, kube-ipvs0, the empty sets, the companion
+    // chains) first, then the measured sync of the whole cluster.
+    const oursExec = new RecordingExec(await freshNamespace());
+    const ours = newBackend(oursExec);
+    await ours.sync(empty, full);
+    const startUp = [...oursExec.writes];
+    oursExec.writes.length = 0;
+    const [ms] = await timed(() => ours.sync(loaded, full));
+    await ours.settled();
+    await ours.close();
     fullOurs.push(ms);
     progress(`full sync ${Math.round(ms)} ms`);
-    const writes = [...exec.writes];
+    const writes = [...oursExec.writes];
     batchLines = {
       ipvs: writes.filter((w) => w.tool === "ipvsadm").reduce((n, w) => n + w.stdin.split("\n").length - 1, 0),
       ipset: writes.filter((w) => w.tool === "ipset").reduce((n, w) => n + w.stdin.split("\n").length - 1, 0),
     };
-    await emptyKernel();
-    fullRef.push(await reference(writes));
-    await emptyKernel();
-    fullRefConcurrent.push(await reference(writes, true));
+    // The bare tools, each in a namespace of its own brought to the same starting point (the sets exist).
+    for (const concurrent of [false, true]) {
+      const exec = await freshNamespace();
+      await reference(startUp, false, exec);
+      (concurrent ? fullRefConcurrent : fullRef).push(await reference(writes, concurrent, exec));
+    }
     progress(`reference ${Math.round(fullRef.at(-1) ?? 0)} ms, concurrent ${Math.round(fullRefConcurrent.at(-1) ?? 0)} ms`);
   }
-  // Leave the cluster loaded for the rest.
-  await emptyKernel();
+  // The rest runs in the guest's own namespace with the cluster loaded.
+  const exec = new RecordingExec();
+  const backend = newBackend(exec);
+  await backend.sync(empty, full);
   await backend.sync(loaded, full);
+  await backend.settled();
+  progress("cluster loaded for the partial syncs");
   const virtualServers = (await sh(["ipvsadm", "-S", "-n"])).stdout.split("\n").filter((l) => l.startsWith("-A")).length;
 
   const [steadyMs] = PARTIAL_ONLY ? [Number.NaN] : await timed(() => backend.sync(loaded, full));
+  await backend.settled();
   progress(`steady full sync ${Math.round(steadyMs)} ms`);
 
   // One endpoint of service 17 turns not-ready (odd revision) and back (even revision).
@@ -177,7 +203,7 @@ async function main(): Promise<void> {
   const changeRef: number[] = [];
   const changeBatches: string[] = [];
   // The first flip and back are warm-up (first runs of the partial path), not measured.
-  for (let r = 1; r <= 2 * ROUNDS + 2; r++) {
+  for (let r = 1; r <= CHANGES + 2; r++) {
     const warmUp = r <= 2;
     model.apply({ type: "upsert", kind: "EndpointSlice", object: sliceObject(spec, 17, r) });
     const changes = model.takeChanges();
@@ -192,6 +218,7 @@ async function main(): Promise<void> {
     const [ms] = await timed(() => backend.sync(snap, changes));
     const writes = [...exec.writes];
     await backend.checkDraining();
+    await backend.settled();
     const after = await readServers(keys);
     if (warmUp) continue;
     changeOurs.push(ms);
