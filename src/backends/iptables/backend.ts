@@ -413,11 +413,16 @@ export class IptablesBackend implements Backend {
       : { categorize: this.categorize, existingChains: existing };
     const generated = generateRules(snapshot, state.family, options, context);
 
-    const trimmed = generated.topLevelUnchanged && state.topLevel
-      ? { text: generated.text, contents: state.topLevel, skipped: state.topLevel.size }
-      : partial && state.topLevel
-        ? withoutUnchangedChains(generated.text, state.topLevel, isTopLevelChain)
-        : { text: generated.text, contents: chainContents(generated.text, isTopLevelChain), skipped: 0 };
+    let trimmed: { text: string; contents: ReadonlyMap<string, string>; skipped: number };
+    if (generated.topLevelUnchanged && state.topLevel) {
+      trimmed = { text: generated.text, contents: state.topLevel, skipped: state.topLevel.size };
+    } else {
+      const contents = chainContents(generated.topLevelText(), isTopLevelChain);
+      trimmed =
+        partial && state.topLevel
+          ? { ...withoutUnchangedChains(generated.text, contents, state.topLevel), contents }
+          : { text: generated.text, contents, skipped: 0 };
+    }
     const pieceLines = this.options.pieceLines ?? DEFAULT_PIECE_LINES;
     const pieces =
       !partial && state.iptables.flavour === "nft" && pieceLines > 0

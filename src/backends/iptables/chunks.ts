@@ -118,21 +118,20 @@ export function chainContents(text: string, pick: (chain: string) => boolean): M
 }
 
 /**
- * A partial restore input without the chains (among those `pick` selects) whose content equals what
- * the kernel already holds (`previous`, from the last successful restore). Upstream rewrites every
+ * A partial restore input without the chains whose content (`contents`, by `table chain`, from
+ * chainContents) equals what the kernel already holds (`previous`, from the last successful restore). Upstream rewrites every
  * top-level chain on every sync; when one endpoint changes, KUBE-SERVICES (one rule per service
  * port) is usually identical, and leaving it out shrinks a 10,000-service partial restore from
  * ~13,000 lines to a few. A chain left out references no deleted chain: its content is the new one.
  */
 export function withoutUnchangedChains(
   text: string,
+  contents: ReadonlyMap<string, string>,
   previous: ReadonlyMap<string, string>,
-  pick: (chain: string) => boolean,
-): { text: string; contents: Map<string, string>; skipped: number } {
-  const contents = chainContents(text, pick);
+): { text: string; skipped: number } {
   const skip = new Set<string>();
   for (const [key, content] of contents) if (previous.get(key) === content) skip.add(key);
-  if (skip.size === 0) return { text, contents, skipped: 0 };
+  if (skip.size === 0) return { text, skipped: 0 };
   const kept: string[] = [];
   let table = "";
   for (const line of text.split("\n")) {
@@ -141,5 +140,5 @@ export function withoutUnchangedChains(
     else if ((first === 58 || line.startsWith("-A ")) && skip.has(`${table} ${chainOf(line)}`)) continue;
     kept.push(line);
   }
-  return { text: kept.join("\n"), contents, skipped: skip.size };
+  return { text: kept.join("\n"), skipped: skip.size };
 }

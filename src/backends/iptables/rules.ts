@@ -115,6 +115,11 @@ export interface GeneratedRules {
   readonly topLevelUnchanged: boolean;
   /** For the next partial generation, once this restore has succeeded. */
   readonly memory: RulesMemory;
+  /**
+   * The top-level chains alone, as a restore input lists them (in `text` they are interleaved with
+   * the per-service ones): about a twentieth of a full input, for comparing with the kernel's.
+   */
+  topLevelText(): string;
 }
 
 const INVALID_DROPPED_COUNTER = "ct_state_invalid_dropped_pkts";
@@ -188,7 +193,9 @@ export function generateRules(
   for (const chain of NAT_TOP_LEVEL_CHAINS) natChains.push(`${chainLine(chain)}\n`);
   natChainCount += NAT_TOP_LEVEL_CHAINS.length;
 
-  natRules.push(
+  // Top-level nat rules, also kept apart from the per-service ones for topLevelText().
+  const natTop: string[] = [];
+  natTop.push(
     `-A ${KUBE_POSTROUTING} -m mark ! --mark ${mark}/${mark} -j RETURN\n`,
     // Clearing the mark keeps a packet that goes through the stack again from being masqueraded twice.
     `-A ${KUBE_POSTROUTING} -j MARK --xor-mark ${mark}\n`,
@@ -197,6 +204,7 @@ export function generateRules(
     }\n`,
     `-A ${KUBE_MARK_MASQ} -j MARK --or-mark ${mark}\n`,
   );
+  natRules.push(...natTop);
   natRuleCount += 4;
 
   if (localhostNodePorts) {
@@ -231,6 +239,7 @@ export function generateRules(
     }
     if (rules.natTopRuleCount > 0) {
       natRules.push(rules.natTopRules);
+      natTop.push(rules.natTopRules);
       natRuleCount += rules.natTopRuleCount;
     }
     if (previous === undefined) for (const chain of rules.chains) active.add(chain);
@@ -280,19 +289,21 @@ export function generateRules(
   }
 
   // The jump to KUBE-NODEPORTS must stay the last rule of KUBE-SERVICES: it matches any local destination.
+  const nodePortJumps: string[] = [];
   if (nodePortAddresses === "all") {
     const notLocalhost = isIPv6 ? " ! -d ::1/128" : localhostNodePorts ? "" : " ! -d 127.0.0.0/8";
-    natRules.push(
+    nodePortJumps.push(
       `-A ${KUBE_SERVICES} -m comment --comment ${NODEPORTS_JUMP_COMMENT} -m addrtype --dst-type LOCAL${notLocalhost} -j ${KUBE_NODEPORTS}\n`,
     );
-    natRuleCount++;
   } else {
     for (const ip of nodePortAddresses) {
       if (isLoopback(ip) && !localhostNodePorts) continue;
-      natRules.push(`-A ${KUBE_SERVICES} -m comment --comment ${NODEPORTS_JUMP_COMMENT} -d ${ip} -j ${KUBE_NODEPORTS}\n`);
-      natRuleCount++;
+      nodePortJumps.push(`-A ${KUBE_SERVICES} -m comment --comment ${NODEPORTS_JUMP_COMMENT} -d ${ip} -j ${KUBE_NODEPORTS}\n`);
     }
   }
+  natRules.push(...nodePortJumps);
+  natTop.push(...nodePortJumps);
+  natRuleCount += nodePortJumps.length;
 
   if (!options.conntrackTCPLiberal) {
     // Without tcp_be_liberal, an INVALID packet would bypass DNAT and reach the pod's peer as a stray RST.
@@ -340,6 +351,16 @@ export function generateRules(
     counts,
     partial: changed !== undefined,
     topLevelUnchanged: false,
+    topLevelText: () =>
+      [
+        "*filter\n",
+        ...filterChains,
+        ...filterRules,
+        "COMMIT\n*nat\n",
+        ...NAT_TOP_LEVEL_CHAINS.map((chain) => `${chainLine(chain)}\n`),
+        ...natTop,
+        "COMMIT\n",
+      ].join(""),
     memory: {
       family,
       options,
@@ -467,6 +488,9 @@ function changedOnly(
     counts,
     partial: true,
     topLevelUnchanged: true,
+    topLevelText: () => {
+      throw new Error("top-level chains were not generated: they are unchanged");
+    },
     memory: { ...previous, services: snapshot.services, endpoints: snapshot.endpoints, counts },
   };
 }

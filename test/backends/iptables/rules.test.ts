@@ -9,6 +9,7 @@ import {
   type GenerateContext,
   type RuleOptions,
 } from "../../../src/backends/iptables/index.ts";
+import { chainContents } from "../../../src/backends/iptables/chunks.ts";
 import type { Endpoint, IPFamily, ServicePort } from "../../../src/model/types.ts";
 import {
   chainRules,
@@ -507,6 +508,29 @@ describe("partial generation", () => {
     expect(again.text).toContain(":KUBE-SEP-STALESTALESTALE1 - [0:0]\n");
     expect(again.text).toContain("-X KUBE-SEP-STALESTALESTALE1\n");
     expect(again.counts.natRules).toBe(out.counts.natRules);
+  });
+});
+
+describe("topLevelText", () => {
+  test("holds exactly the top-level chains of the full text, in the same order", () => {
+    const sps = [
+      servicePort("ns1", "a", "p80", { type: "NodePort", clusterIP: "172.30.0.41", port: 80, nodePort: 3001, externalIPs: ["192.168.99.1"] }),
+      servicePort("ns1", "b", "p80", { clusterIP: "172.30.0.42", port: 80 }),
+      servicePort("ns1", "c", "p53", { clusterIP: "172.30.0.43", port: 53, protocol: "UDP", internalPolicyLocal: true }),
+    ];
+    const entries: [ServicePort, Endpoint[]][] = [
+      [sps[0] as ServicePort, [endpoint("10.180.0.1", 80)]],
+      [sps[1] as ServicePort, []],
+      [sps[2] as ServicePort, [endpoint("10.180.0.2", 53)]],
+    ];
+    const topLevel = (chain: string) => !/^KUBE-(SVC|SVL|EXT|FW|SEP)-/.test(chain);
+    for (const options of [{}, { localhostNodePorts: true, nodePortAddresses: "all" as const }, { masqueradeAll: true }]) {
+      const out = generate(entries, options);
+      const contents = chainContents(out.topLevelText(), topLevel);
+      expect(contents).toEqual(chainContents(out.text, topLevel));
+      expect(contents.get("nat KUBE-SERVICES")).toContain("172.30.0.41");
+      expect([...chainContents(out.topLevelText(), () => true).keys()].filter((k) => !topLevel(k.split(" ")[1] ?? ""))).toEqual([]);
+    }
   });
 });
 
