@@ -98,9 +98,12 @@ export class TcpRelayWorkers {
 
   /** Opens the service port on `threads` threads; resolves once every one of them listens. */
   async listen(options: WorkerListenOptions): Promise<TcpRelay> {
-    const threads = Math.min(this.workers.length, Math.max(1, options.threads ?? this.workers.length));
+    // A thread that has died takes its listeners with it; new ports go to the threads still running.
+    const healthy = this.workers.filter((w) => !this.failed.has(w));
+    if (healthy.length === 0) throw new Error(`listen ${options.host}:${options.port}: every relay thread has failed`);
+    const threads = Math.min(healthy.length, Math.max(1, options.threads ?? healthy.length));
     const counters = new SharedArrayBuffer(threads * STAT_SLOTS * 8);
-    const used = this.workers.slice(0, threads);
+    const used = healthy.slice(0, threads);
     const reusePort = threads > 1;
     // The first thread binds (and learns the port when 0 was asked for); the others join that port.
     const first = await this.request(used[0] as Worker, (id) => ({
