@@ -3,7 +3,10 @@
  * per IP family (iptables for IPv4, ip6tables for IPv6, same code), in the node's flavour.
  *
  * A full sync rewrites every kproxy chain and deletes per-service chains no longer wanted; a partial
- * sync rewrites only the changed service ports' chains plus the top-level ones. A sync is full when
+ * sync rewrites only the changed service ports' chains, plus those top-level chains whose content
+ * changed (none, and no filter table, when only endpoints of a service port with endpoints changed;
+ * nothing at all when no rule changed). A partial sync costs O(changed service ports) in kproxy;
+ * the restore is what it is (iptables-legacy replaces the whole table each time). A sync is full when
  * the loop asks for it, after any failure, and when a canary chain is gone (someone flushed the
  * tables, taking the jump rules with them). The canaries are checked at the start of a sync, at
  * most every `canaryCheckIntervalMs` (half a syncPeriod from the configuration); the jump rules from built-in chains are ensured with
