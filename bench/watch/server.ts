@@ -6,6 +6,7 @@
 import { FakeApiServer } from "../../test/fixtures/apiserver.ts";
 import { type ClusterSpec, services, sliceObject, slices } from "../fixtures/cluster.ts";
 
+const SENT_AT = "bench.kproxy/sent-at";
 const spec: ClusterSpec = JSON.parse(process.argv[2] ?? "{}") as ClusterSpec;
 const server = await FakeApiServer.start({ splitChunks: false });
 for (const svc of services(spec)) server.create("services", svc);
@@ -29,7 +30,12 @@ for await (const chunk of Bun.stdin.stream()) {
   while ((nl = buffered.indexOf("\n")) >= 0) {
     const [cmd, a, b] = buffered.slice(0, nl).split(" ");
     buffered = buffered.slice(nl + 1);
-    if (cmd === "update") server.update("endpointslices", sliceObject(spec, Number(a), Number(b)));
+    if (cmd === "update") {
+      const slice = sliceObject(spec, Number(a), Number(b)) as { metadata: { annotations: Record<string, string> } };
+      // When the event leaves for the wire, on the clock both processes share.
+      slice.metadata.annotations[SENT_AT] = String(performance.timeOrigin + performance.now());
+      server.update("endpointslices", slice);
+    }
     if (cmd === "quit") {
       await server.stop();
       process.exit(0);
