@@ -11,7 +11,8 @@ import { join } from "node:path";
 import { isRoot, type Netns } from "../helpers/netns.ts";
 import { Child, eventually } from "../helpers/process.ts";
 import { hasTool, needs } from "../helpers/require.ts";
-import { createTopology, HTTP_PORT, NODE_IP, type Pod, type Topology, UDP_PORT } from "./topology.ts";
+import { createTopology, NODE_IP, type Pod, type Topology, UDP_PORT } from "./topology.ts";
+import { manifest, NODE_NAME, NS, type Svc, tally } from "./manifest.ts";
 
 const e2e = needs(
   isRoot() && hasTool("ip") && hasTool("iptables-nft") && hasTool("iptables-legacy") && hasTool("conntrack"),
@@ -19,8 +20,6 @@ const e2e = needs(
 );
 
 const ROOT = join(import.meta.dir, "../..");
-const NODE_NAME = "node-a";
-const NS = "e2e";
 
 /**
  * Runs inside a namespace (`bun -e`): `http` makes one new connection per request and prints the
@@ -64,58 +63,6 @@ if (mode === "http") {
 process.exit(0);
 `;
 
-interface Svc {
-  readonly name: string;
-  readonly clusterIP: string;
-  readonly port?: number;
-  readonly protocol?: "TCP" | "UDP";
-  readonly targetPort?: number;
-  readonly type?: "ClusterIP" | "NodePort" | "LoadBalancer";
-  readonly nodePort?: number;
-  readonly family?: "IPv4" | "IPv6";
-  readonly affinity?: boolean;
-  readonly local?: boolean;
-  readonly healthCheckNodePort?: number;
-  /** Endpoint IPs; `@node` after one marks it as on another node. */
-  readonly endpoints: readonly string[];
-}
-
-function manifest(services: readonly Svc[]): string {
-  const docs: unknown[] = [];
-  for (const s of services) {
-    const protocol = s.protocol ?? "TCP";
-    const family = s.family ?? "IPv4";
-    docs.push({
-      apiVersion: "v1",
-      kind: "Service",
-      metadata: { namespace: NS, name: s.name },
-      spec: {
-        type: s.type ?? "ClusterIP",
-        clusterIP: s.clusterIP,
-        clusterIPs: [s.clusterIP],
-        ipFamilies: [family],
-        ports: [{ name: "p", port: s.port ?? 80, targetPort: s.targetPort ?? HTTP_PORT, protocol, ...(s.nodePort ? { nodePort: s.nodePort } : {}) }],
-        ...(s.affinity ? { sessionAffinity: "ClientIP" } : {}),
-        ...(s.local ? { externalTrafficPolicy: "Local" } : {}),
-        ...(s.healthCheckNodePort ? { healthCheckNodePort: s.healthCheckNodePort } : {}),
-      },
-    });
-    if (s.endpoints.length === 0) continue;
-    docs.push({
-      apiVersion: "discovery.k8s.io/v1",
-      kind: "EndpointSlice",
-      metadata: { namespace: NS, name: `${s.name}-1`, labels: { "kubernetes.io/service-name": s.name } },
-      addressType: family,
-      ports: [{ name: "p", port: s.targetPort ?? HTTP_PORT, protocol }],
-      endpoints: s.endpoints.map((e) => {
-        const [ip, node] = e.split("@");
-        return { addresses: [ip], conditions: { ready: true }, nodeName: node ?? NODE_NAME };
-      }),
-    });
-  }
-  return docs.map((d) => JSON.stringify(d)).join("\n---\n") + "\n";
-}
-
 function config(flavour: "legacy" | "nft"): string {
   return [
     "apiVersion: kubeproxy.config.k8s.io/v1alpha1",
@@ -139,12 +86,6 @@ async function probe(ns: Netns, args: readonly (string | number)[], dir: string)
 
 const http = async (ns: Netns, host: string, port: number, count: number, dir: string, path = "/") =>
   (await probe(ns, ["http", host, port, count, path], dir)) as string[];
-
-function tally(bodies: readonly string[]): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const b of bodies) out[b] = (out[b] ?? 0) + 1;
-  return out;
-}
 
 async function natChains(node: Netns, flavour: string, family: "4" | "6" = "4"): Promise<string> {
   return node.run([`ip${family === "6" ? "6" : ""}tables-${flavour}-save`, "-t", "nat"]);

@@ -11,13 +11,12 @@ import { join } from "node:path";
 import { isRoot, type Netns } from "../helpers/netns.ts";
 import { Child, eventually } from "../helpers/process.ts";
 import { hasTool, needs } from "../helpers/require.ts";
-import { createTopology, HTTP_PORT, NODE_IP, type Pod, type Topology, UDP_PORT } from "./topology.ts";
+import { createTopology, NODE_IP, type Pod, type Topology, UDP_PORT } from "./topology.ts";
+import { manifest, NODE_NAME, NS, type Svc, tally } from "./manifest.ts";
 
 const e2e = needs(isRoot() && hasTool("ip") && hasTool("iptables-nft") && hasTool("conntrack"), "needs root, iproute2, iptables (nft) and conntrack");
 
 const ROOT = join(import.meta.dir, "../..");
-const NODE_NAME = "node-a";
-const NS = "e2e";
 
 /**
  * Runs inside a namespace (`bun probe.ts`): `http` makes one new connection per request and prints
@@ -62,46 +61,6 @@ if (mode === "http") {
 process.exit(0);
 `;
 
-interface Svc {
-  readonly name: string;
-  readonly clusterIP: string;
-  readonly port?: number;
-  readonly protocol?: "TCP" | "UDP";
-  readonly targetPort?: number;
-  readonly nodePort?: number;
-  readonly affinity?: boolean;
-  readonly endpoints: readonly string[];
-}
-
-function manifest(services: readonly Svc[]): string {
-  const docs: unknown[] = [];
-  for (const s of services) {
-    const protocol = s.protocol ?? "TCP";
-    docs.push({
-      apiVersion: "v1",
-      kind: "Service",
-      metadata: { namespace: NS, name: s.name },
-      spec: {
-        type: s.nodePort ? "NodePort" : "ClusterIP",
-        clusterIP: s.clusterIP,
-        clusterIPs: [s.clusterIP],
-        ports: [{ name: "p", port: s.port ?? 80, targetPort: s.targetPort ?? HTTP_PORT, protocol, ...(s.nodePort ? { nodePort: s.nodePort } : {}) }],
-        ...(s.affinity ? { sessionAffinity: "ClientIP" } : {}),
-      },
-    });
-    if (s.endpoints.length === 0) continue;
-    docs.push({
-      apiVersion: "discovery.k8s.io/v1",
-      kind: "EndpointSlice",
-      metadata: { namespace: NS, name: `${s.name}-1`, labels: { "kubernetes.io/service-name": s.name } },
-      addressType: "IPv4",
-      ports: [{ name: "p", port: s.targetPort ?? HTTP_PORT, protocol }],
-      endpoints: s.endpoints.map((ip) => ({ addresses: [ip], conditions: { ready: true }, nodeName: NODE_NAME })),
-    });
-  }
-  return docs.map((d) => JSON.stringify(d)).join("\n---\n") + "\n";
-}
-
 const CONFIG = [
   "apiVersion: kubeproxy.config.k8s.io/v1alpha1",
   "kind: KubeProxyConfiguration",
@@ -120,12 +79,6 @@ async function probe(ns: Netns, args: readonly (string | number)[], dir: string)
 }
 
 const http = async (ns: Netns, host: string, port: number, count: number, dir: string) => (await probe(ns, ["http", host, port, count], dir)) as string[];
-
-function tally(bodies: readonly string[]): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const b of bodies) out[b] = (out[b] ?? 0) + 1;
-  return out;
-}
 
 /** Every table's rules, for finding our chains and jumps. */
 async function ruleset(node: Netns): Promise<string> {

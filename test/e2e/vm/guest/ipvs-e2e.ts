@@ -11,14 +11,13 @@ import { join } from "node:path";
 import { bunExec, runChecked } from "../../../../src/system/exec.ts";
 import type { Netns } from "../../../helpers/netns.ts";
 import { Child } from "../../../helpers/process.ts";
-import { createTopology, HTTP_PORT, NODE_IP, type Pod, type Topology, UDP_PORT } from "../../topology.ts";
+import { createTopology, NODE_IP, type Pod, type Topology, UDP_PORT } from "../../topology.ts";
+import { manifest, NODE_NAME, type Svc, tally } from "../../manifest.ts";
 
 const ROOT = join(import.meta.dir, "../../../..");
 /** kproxy's entry point: src/main.ts, or a bundle of it (KPROXY_MAIN), which starts several times faster under emulation. */
 const MAIN = process.env["KPROXY_MAIN"] ?? join(ROOT, "src/main.ts");
 const DIR = "/tmp/kproxy-ipvs-e2e";
-const NODE_NAME = "node-a";
-const NS = "e2e";
 const started = performance.now();
 const phases: Record<string, number> = {};
 
@@ -168,48 +167,6 @@ class Agent {
   }
 }
 
-interface Svc {
-  readonly name: string;
-  readonly clusterIP: string;
-  readonly port?: number;
-  readonly protocol?: "TCP" | "UDP";
-  readonly targetPort?: number;
-  readonly type?: "ClusterIP" | "NodePort";
-  readonly nodePort?: number;
-  readonly affinity?: boolean;
-  readonly endpoints: readonly string[];
-}
-
-function manifest(services: readonly Svc[]): string {
-  const docs: unknown[] = [];
-  for (const s of services) {
-    const protocol = s.protocol ?? "TCP";
-    docs.push({
-      apiVersion: "v1",
-      kind: "Service",
-      metadata: { namespace: NS, name: s.name },
-      spec: {
-        type: s.type ?? "ClusterIP",
-        clusterIP: s.clusterIP,
-        clusterIPs: [s.clusterIP],
-        ipFamilies: ["IPv4"],
-        ports: [{ name: "p", port: s.port ?? 80, targetPort: s.targetPort ?? HTTP_PORT, protocol, ...(s.nodePort ? { nodePort: s.nodePort } : {}) }],
-        ...(s.affinity ? { sessionAffinity: "ClientIP" } : {}),
-      },
-    });
-    if (s.endpoints.length === 0) continue;
-    docs.push({
-      apiVersion: "discovery.k8s.io/v1",
-      kind: "EndpointSlice",
-      metadata: { namespace: NS, name: `${s.name}-1`, labels: { "kubernetes.io/service-name": s.name } },
-      addressType: "IPv4",
-      ports: [{ name: "p", port: s.targetPort ?? HTTP_PORT, protocol }],
-      endpoints: s.endpoints.map((ip) => ({ addresses: [ip], conditions: { ready: true }, nodeName: NODE_NAME })),
-    });
-  }
-  return `${docs.map((d) => JSON.stringify(d)).join("\n---\n")}\n`;
-}
-
 const CONFIG = [
   "apiVersion: kubeproxy.config.k8s.io/v1alpha1",
   "kind: KubeProxyConfiguration",
@@ -223,12 +180,6 @@ const CONFIG = [
   "ipvs: { syncPeriod: 2s, minSyncPeriod: 0s, excludeCIDRs: [10.99.0.0/16], tcpTimeout: 900s, tcpFinTimeout: 30s, udpTimeout: 300s }",
   "",
 ].join("\n");
-
-function tally(bodies: readonly string[]): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const b of bodies) out[b] = (out[b] ?? 0) + 1;
-  return out;
-}
 
 async function main(): Promise<void> {
   await mkdir(DIR, { recursive: true });
