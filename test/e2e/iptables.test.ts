@@ -12,6 +12,7 @@ import { isRoot, type Netns } from "../helpers/netns.ts";
 import { Child, eventually } from "../helpers/process.ts";
 import { hasTool, needs } from "../helpers/require.ts";
 import { createTopology, NODE_IP, type Pod, type Topology, UDP_PORT } from "./topology.ts";
+import { KproxyInNamespace } from "./kproxy.ts";
 import { manifest, NODE_NAME, NS, type Svc, tally } from "./manifest.ts";
 
 const e2e = needs(
@@ -19,7 +20,6 @@ const e2e = needs(
   "needs root, iproute2, iptables (legacy and nft) and conntrack",
 );
 
-const ROOT = join(import.meta.dir, "../..");
 
 /**
  * Runs inside a namespace (`bun -e`): `http` makes one new connection per request and prints the
@@ -91,24 +91,10 @@ async function natChains(node: Netns, flavour: string, family: "4" | "6" = "4"):
   return node.run([`ip${family === "6" ? "6" : ""}tables-${flavour}-save`, "-t", "nat"]);
 }
 
-class Kproxy {
-  readonly child: Child;
-  constructor(node: Netns, dir: string) {
-    this.child = new Child(
-      ["ip", "netns", "exec", node.name, process.execPath, join(ROOT, "src/main.ts"), "--config", join(dir, "config.yaml"), "--services-file", join(dir, "services.yaml"), "--v=2"],
-      { cwd: ROOT },
-    );
-  }
-  async stop(): Promise<void> {
-    this.child.kill("SIGTERM");
-    await this.child.exited(10_000);
-  }
-}
-
 describe("iptables mode end to end", () => {
   let topo: Topology | undefined;
   let dir = "";
-  let kproxy: Kproxy | undefined;
+  let kproxy: KproxyInNamespace | undefined;
   const pods = () => (topo as Topology).pods as [Pod, Pod, Pod];
   const node = () => (topo as Topology).node;
   const client = () => (topo as Topology).client;
@@ -159,7 +145,7 @@ describe("iptables mode end to end", () => {
       const [p0, p1, p2] = pods();
       await writeFile(join(dir, "config.yaml"), config("nft"));
       await publish(base());
-      kproxy = new Kproxy(node(), dir);
+      kproxy = new KproxyInNamespace(node(), dir);
       await kproxy.child.waitFor(/Synced proxy rules/, 15_000);
 
       // ClusterIP from the node: every endpoint gets traffic.
@@ -243,7 +229,7 @@ describe("iptables mode end to end", () => {
       );
       const load = probe(client(), ["load", NODE_IP, 30080, 3000], dir) as Promise<{ ok: number; failures: string[] }>;
       await kproxy.stop();
-      kproxy = new Kproxy(node(), dir);
+      kproxy = new KproxyInNamespace(node(), dir);
       await kproxy.child.waitFor(/Synced proxy rules/, 15_000);
       const result = await load;
       expect(result.failures).toEqual([]);
@@ -264,7 +250,7 @@ describe("iptables mode end to end", () => {
 
       await kproxy.stop();
       kproxy = undefined;
-      const cleanup = new Child(["ip", "netns", "exec", node().name, process.execPath, join(ROOT, "src/main.ts"), "--cleanup"], { cwd: ROOT });
+      const cleanup = KproxyInNamespace.cleanup(node());
       expect(await cleanup.exited()).toBe(0);
       for (const tool of ["iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save", "ip6tables-legacy-save"]) {
         const saved = await node().run([tool]);
@@ -275,7 +261,7 @@ describe("iptables mode end to end", () => {
       }
       // Nothing is proxied any more, and a second cleanup is fine.
       expect((await http(client(), NODE_IP, 30080, 1, dir))[0]).toStartWith("ERR:");
-      const again = new Child(["ip", "netns", "exec", node().name, process.execPath, join(ROOT, "src/main.ts"), "--cleanup"], { cwd: ROOT });
+      const again = KproxyInNamespace.cleanup(node());
       expect(await again.exited()).toBe(0);
     },
     30_000,
@@ -286,14 +272,14 @@ describe("iptables mode end to end", () => {
     async () => {
       await writeFile(join(dir, "config.yaml"), config("legacy"));
       await publish(base());
-      kproxy = new Kproxy(node(), dir);
+      kproxy = new KproxyInNamespace(node(), dir);
       await kproxy.child.waitFor(/Synced proxy rules/, 15_000);
       expect(await natChains(node(), "legacy")).toContain("KUBE-SVC-");
       expect(Object.keys(tally(await http(node(), "10.96.0.10", 80, 40, dir))).sort()).toEqual(["pod0", "pod1", "pod2"]);
       expect(Object.keys(tally(await http(client(), NODE_IP, 30080, 40, dir))).sort()).toEqual(["pod0", "pod1", "pod2"]);
       await kproxy.stop();
       kproxy = undefined;
-      const cleanup = new Child(["ip", "netns", "exec", node().name, process.execPath, join(ROOT, "src/main.ts"), "--cleanup"], { cwd: ROOT });
+      const cleanup = KproxyInNamespace.cleanup(node());
       expect(await cleanup.exited()).toBe(0);
       expect((await natChains(node(), "legacy")).match(/^:KUBE-/m)).toBeNull();
     },

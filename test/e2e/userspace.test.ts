@@ -12,6 +12,7 @@ import { isRoot, type Netns } from "../helpers/netns.ts";
 import { Child, eventually } from "../helpers/process.ts";
 import { hasTool, needs } from "../helpers/require.ts";
 import { createTopology, NODE_IP, type Pod, type Topology, UDP_PORT } from "./topology.ts";
+import { KproxyInNamespace } from "./kproxy.ts";
 import { manifest, NODE_NAME, NS, type Svc, tally } from "./manifest.ts";
 
 const e2e = needs(isRoot() && hasTool("ip") && hasTool("iptables-nft") && hasTool("conntrack"), "needs root, iproute2, iptables (nft) and conntrack");
@@ -89,24 +90,10 @@ function count(text: string, needle: string): number {
   return text.split("\n").filter((l) => l.includes(needle)).length;
 }
 
-class Kproxy {
-  readonly child: Child;
-  constructor(node: Netns, dir: string) {
-    this.child = new Child(
-      ["ip", "netns", "exec", node.name, process.execPath, join(ROOT, "src/main.ts"), "--config", join(dir, "config.yaml"), "--services-file", join(dir, "services.yaml"), "--v=2"],
-      { cwd: ROOT },
-    );
-  }
-  async stop(): Promise<void> {
-    this.child.kill("SIGTERM");
-    await this.child.exited(10_000);
-  }
-}
-
 describe("userspace mode end to end", () => {
   let topo: Topology | undefined;
   let dir = "";
-  let kproxy: Kproxy | undefined;
+  let kproxy: KproxyInNamespace | undefined;
   const pods = () => (topo as Topology).pods as [Pod, Pod, Pod];
   const node = () => (topo as Topology).node;
   const client = () => (topo as Topology).client;
@@ -147,7 +134,7 @@ describe("userspace mode end to end", () => {
     async () => {
       const [p0, p1] = pods();
       await publish(base());
-      kproxy = new Kproxy(node(), dir);
+      kproxy = new KproxyInNamespace(node(), dir);
       await kproxy.child.waitFor(/Synced proxy rules/, 15_000);
       expect(kproxy.child.stderr).toContain("Userspace mode with portal rules");
 
@@ -197,7 +184,7 @@ describe("userspace mode end to end", () => {
         return out.includes("dport=53") ? true : undefined;
       }, 3000);
       await kproxy.stop();
-      kproxy = new Kproxy(node(), dir);
+      kproxy = new KproxyInNamespace(node(), dir);
       await kproxy.child.waitFor(/Synced proxy rules/, 15_000);
       const restartedAt = Date.now();
       const answers = await udp;
@@ -214,7 +201,7 @@ describe("userspace mode end to end", () => {
 
       await kproxy.stop();
       kproxy = undefined;
-      const cleanup = new Child(["ip", "netns", "exec", node().name, process.execPath, join(ROOT, "src/main.ts"), "--cleanup"], { cwd: ROOT });
+      const cleanup = KproxyInNamespace.cleanup(node());
       expect(await cleanup.exited(20_000)).toBe(0);
       const after = await ruleset(node());
       expect(after).not.toContain("KUBE-PORTALS");
@@ -230,7 +217,7 @@ describe("userspace mode end to end", () => {
       if (kproxy) {
         await kproxy.stop();
         kproxy = undefined;
-        await new Child(["ip", "netns", "exec", node().name, process.execPath, join(ROOT, "src/main.ts"), "--cleanup"], { cwd: ROOT }).exited(20_000);
+        await KproxyInNamespace.cleanup(node()).exited(20_000);
       }
       await publish(base());
       const unprivileged = new Child(
