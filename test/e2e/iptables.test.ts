@@ -9,7 +9,7 @@ import { mkdtemp, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { isRoot, type Netns } from "../helpers/netns.ts";
-import { Child, eventually } from "../helpers/process.ts";
+import { eventually } from "../helpers/process.ts";
 import { hasTool, needs } from "../helpers/require.ts";
 import { createTopology, NODE_IP, type Pod, type Topology, UDP_PORT } from "./topology.ts";
 import { KproxyInNamespace } from "./kproxy.ts";
