@@ -286,6 +286,8 @@ async function inFreshNamespace(args: string[]): Promise<Record<string, unknown>
 }
 
 const fmt = (ms: unknown) => (typeof ms === "number" ? (ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${ms.toFixed(1)} ms`) : "—");
+/** A plain figure, or a dash for a part that was not run. */
+const plain = (value: unknown) => (typeof value === "number" ? String(value) : "—");
 const ratio = (a: unknown, b: unknown) => (typeof a === "number" && typeof b === "number" ? `${(a / b).toFixed(2)}×` : "—");
 
 async function main(): Promise<void> {
@@ -323,7 +325,7 @@ async function main(): Promise<void> {
   const rows: [string, string, string, string][] = [
     ["", "legacy", "nft", "goal"],
     [`generation, ${services} services × 5 endpoints`, fmt(legacy["generateMs"]), fmt(nft["generateMs"]), "< 150 ms"],
-    [`restore input lines`, String(legacy["lines"]), String(nft["lines"]), ""],
+    [`restore input lines`, plain(legacy["lines"]), plain(nft["lines"]), ""],
     [`bare restore --noflush, empty ns`, fmt(legacy["bareFreshMs"]), "skipped (minutes)", ""],
     [`bare restore in pieces, empty ns`, "—", fmt(nft["barePiecesFreshMs"]), ""],
     [`bare whole-table restore (no --noflush), empty ns`, "—", fmt(nft["bareWholeTableFreshMs"]), ""],
@@ -353,7 +355,7 @@ async function main(): Promise<void> {
     [`  bare restore of the same inputs, p50 / p99`, `${fmt(latLegacy["bareP50Ms"])} / ${fmt(latLegacy["bareP99Ms"])}`, `${fmt(latNft["bareP50Ms"])} / ${fmt(latNft["bareP99Ms"])}`, ""],
     [
       `RSS: bun alone / model loaded / after full sync / 5 s later`,
-      `${rss["baselineMB"]} / ${rss["modelMB"]} / ${rss["syncedMB"]} / ${rss["settledMB"]} MB`,
+      `${plain(rss["baselineMB"])} / ${plain(rss["modelMB"])} / ${plain(rss["syncedMB"])} / ${plain(rss["settledMB"])} MB`,
       "",
       "< 150 MB",
     ],
