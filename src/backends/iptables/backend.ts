@@ -169,7 +169,7 @@ export class SnapshotGuard {
         problem = servicePortProblem(sp) ?? null;
         this.problems.set(sp, problem);
         if (problem !== null) {
-          this.logger.warn("Skipping a service port that cannot be written as iptables rules", {
+          this.logger.warn("Skipping a service port that cannot be programmed", {
             servicePort: sp.servicePortName,
             protocol: sp.protocol,
             family: sp.family,
