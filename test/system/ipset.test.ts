@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import type { Exec, ExecOptions, ExecResult } from "../../src/system/exec.ts";
 import { DEFAULT_HASH_OPTIONS, diffIpsets, type Ipset, IpsetTool, ipsetLine, parseIpsetSave } from "../../src/system/ipset.ts";
 import { hasTool, needs } from "../helpers/require.ts";
 import { isRoot, Netns } from "../helpers/netns.ts";
+import { RecordingExec } from "../helpers/recording-exec.ts";
 
 // Output of ipset 7.17 (`ipset save`, same as `ipset list -o save`) against Debian's 6.1 kernel.
 const SAVE = `create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 65536 comment bucketsize 12 initval 0xb2a57334
@@ -114,15 +114,6 @@ describe("diffIpsets", () => {
     expect(diffIpsets([], [set("S", ["10.0.0.1,tcp:80", "10.0.0.1,tcp:80"])]).match(/^add /gm)).toHaveLength(1);
   });
 });
-
-class RecordingExec implements Exec {
-  readonly calls: { argv: readonly string[]; options: ExecOptions | undefined }[] = [];
-  constructor(private readonly reply: (argv: readonly string[]) => Partial<ExecResult> = () => ({})) {}
-  async run(argv: readonly string[], options?: ExecOptions): Promise<ExecResult> {
-    this.calls.push({ argv, options });
-    return { code: 0, stdout: "", stderr: "", timedOut: false, ...this.reply(argv) };
-  }
-}
 
 describe("IpsetTool with a fake exec", () => {
   test("restore feeds the text to ipset restore and skips empty input", async () => {

@@ -1,5 +1,4 @@
 import { describe, expect, test } from "bun:test";
-import type { Exec, ExecOptions, ExecResult } from "../../src/system/exec.ts";
 import {
   canonicalAddress,
   diffIpvs,
@@ -15,6 +14,7 @@ import {
 } from "../../src/system/ipvs.ts";
 import { guestAvailable, runInGuest } from "../e2e/vm/run.ts";
 import { needs } from "../helpers/require.ts";
+import { RecordingExec } from "../helpers/recording-exec.ts";
 
 // Output of ipvsadm 1.31 against Debian's 6.1 kernel, taken inside the test guest.
 const SAVE = `-A -t 10.96.0.1:443 -s rr
@@ -213,15 +213,6 @@ describe("diffIpvs", () => {
     expect(ipvsLine.addRealServer(vs(), { address: "10.1.1.1", port: 1, forwarding: "route", weight: 5 })).toBe("-a -t 10.96.0.1:80 -r 10.1.1.1:1 -g -w 5");
   });
 });
-
-class RecordingExec implements Exec {
-  readonly calls: { argv: readonly string[]; options: ExecOptions | undefined }[] = [];
-  constructor(private readonly reply: (argv: readonly string[]) => Partial<ExecResult> = () => ({})) {}
-  async run(argv: readonly string[], options?: ExecOptions): Promise<ExecResult> {
-    this.calls.push({ argv, options });
-    return { code: 0, stdout: "", stderr: "", timedOut: false, ...this.reply(argv) };
-  }
-}
 
 describe("Ipvsadm", () => {
   test("applyBatch feeds the lines to ipvsadm -R and skips an empty batch", async () => {
