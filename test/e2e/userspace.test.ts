@@ -220,13 +220,21 @@ describe("userspace mode end to end", () => {
         await KproxyInNamespace.cleanup(node()).exited(20_000);
       }
       await publish(base());
+      // The unprivileged user may not be able to read the checkout (a private clone directory), so it
+      // runs kproxy compiled into the test's own world-readable folder.
+      const build = new Child(
+        [process.execPath, join(ROOT, "build.ts"), "--target", process.arch === "arm64" ? "arm64" : "x64", "--outdir", dir],
+        { cwd: ROOT },
+      );
+      expect(await build.exited(60_000)).toBe(0);
+      const binary = join(dir, process.arch === "arm64" ? "kproxy-linux-arm64" : "kproxy");
       const unprivileged = new Child(
         [
           "ip", "netns", "exec", node().name,
           "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
-          process.execPath, join(ROOT, "src/main.ts"), "--config", join(dir, "config.yaml"), "--services-file", join(dir, "services.yaml"), "--v=2",
+          binary, "--config", join(dir, "config.yaml"), "--services-file", join(dir, "services.yaml"), "--v=2",
         ],
-        { cwd: ROOT, env: { HOME: dir } },
+        { cwd: dir, env: { HOME: dir } },
       );
       try {
         await unprivileged.waitFor(/Synced proxy rules/, 15_000);
@@ -243,6 +251,6 @@ describe("userspace mode end to end", () => {
         await unprivileged.exited(10_000);
       }
     },
-    30_000,
+    90_000,
   );
 });
