@@ -233,6 +233,14 @@ export class IptablesBackend implements Backend {
   private readonly guard: SnapshotGuard;
   private readonly nodePortConfig: { nodePortAddresses: string[] };
   private readonly states = new Map<IPFamily, FamilyState>();
+  /**
+   * Families this node's iptables cannot serve (no ip6tables, or IPv6 off in the kernel). A
+   * dual-stack cluster's other family is then left out, as upstream runs single-stack, instead of
+   * failing every sync and keeping the node unhealthy.
+   */
+  private readonly unsupported = new Set<IPFamily>();
+  /** Families synced at least once: a later failure of theirs is a failure, never a missing family. */
+  private readonly workedOnce = new Set<IPFamily>();
   private flavour: IptablesFlavour | undefined;
   private prepared = false;
   /** What the kernel has, as of the last successful sync (for conntrack cleanup). */
@@ -265,6 +273,15 @@ export class IptablesBackend implements Backend {
       this.options.logger.info("Using the node's iptables flavour", { flavour: this.flavour });
     }
     return this.flavour;
+  }
+
+  /** Whether the family's iptables answers at all: its nat table's POSTROUTING chain is always there. */
+  private async familyWorks(family: IPFamily, flavour: IptablesFlavour): Promise<boolean> {
+    try {
+      return await new Iptables(this.options.exec, family, flavour).chainExists("nat", "POSTROUTING");
+    } catch {
+      return false;
+    }
   }
 
   private stateOf(family: IPFamily, flavour: IptablesFlavour): FamilyState {
@@ -308,6 +325,7 @@ export class IptablesBackend implements Backend {
     let noLocalExternal = 0;
     const errors: string[] = [];
     for (const family of families) {
+      if (this.unsupported.has(family)) continue;
       try {
         const result = await this.syncFamily(this.stateOf(family, flavour), snapshot, changes, options);
         filter += result.filter;
@@ -315,8 +333,19 @@ export class IptablesBackend implements Backend {
         partial &&= result.partial;
         noLocalInternal += result.noLocalInternal;
         noLocalExternal += result.noLocalExternal;
+        this.workedOnce.add(family);
       } catch (err) {
-        errors.push(`${family}: ${err instanceof Error ? err.message : String(err)}`);
+        const message = err instanceof Error ? err.message : String(err);
+        if (!this.workedOnce.has(family) && !(await this.familyWorks(family, flavour))) {
+          this.unsupported.add(family);
+          this.states.delete(family);
+          this.options.logger.warn(`This node's iptables does not support ${family}; ${family} service ports are left out`, {
+            family,
+            error: message,
+          });
+          continue;
+        }
+        errors.push(`${family}: ${message}`);
       }
     }
     if (errors.length > 0) throw new Error(`iptables sync failed (${errors.join("; ")})`);

@@ -22,6 +22,8 @@ class FakeIptables implements Exec {
   /** `${base}/${table}` → chain → rules (argument strings). */
   readonly tables = new Map<string, Map<string, string[]>>();
   failRestores = 0;
+  /** Binaries (e.g. "ip6tables-legacy") that fail as on a node without IPv6 in the kernel. */
+  readonly broken = new Set<string>();
 
   private table(base: string, table: string): Map<string, string[]> {
     const key = `${base}/${table}`;
@@ -57,6 +59,9 @@ class FakeIptables implements Exec {
     const fail = (stderr: string): ExecResult => ({ code: 1, stdout: "", stderr, timedOut: false });
     const bin = argv[0] ?? "";
     const base = bin.replace(/-(save|restore)$/, "");
+    if (this.broken.has(base)) {
+      return { code: 3, stdout: "", stderr: `${base}: can't initialize ip6tables table \`nat': Table does not exist`, timedOut: false };
+    }
     if (bin.startsWith("conntrack")) return fail("conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted.");
     if (bin.endsWith("-save")) {
       const tableName = argv[argv.indexOf("-t") + 1] ?? "filter";
@@ -406,6 +411,30 @@ describe("IptablesBackend", () => {
     expect(exec.chainsOf("ip6tables-legacy", "nat")).toContain("KUBE-PROXY-CANARY");
     await backend.sync(world([[web, webEps]]), full);
     expect(exec.chainsOf("ip6tables-legacy", "nat").some((c) => c.startsWith("KUBE-SVC-"))).toBe(false);
+  });
+
+  test("a family the node's iptables cannot serve is left out with one warning; the other family syncs and stays healthy", async () => {
+    const exec = new FakeIptables();
+    exec.broken.add("ip6tables-legacy");
+    const { backend, logger } = makeBackend(exec);
+    const ipv6Eps = [endpoint("fd00:244:1::a", 8080)];
+    await backend.sync(world([[web, webEps], [web6, ipv6Eps]]), full);
+    expect(exec.chainsOf("iptables-legacy", "nat").some((c) => c.startsWith("KUBE-SVC-"))).toBe(true);
+    const warnings = () => logger.lines.filter((l) => l.includes("does not support IPv6"));
+    expect(warnings()).toHaveLength(1);
+    exec.clear();
+    await backend.sync(world([[web, webEps], [web6, ipv6Eps]]), full);
+    expect(exec.calls.some((c) => c.argv[0]?.startsWith("ip6tables"))).toBe(false);
+    expect(warnings()).toHaveLength(1);
+  });
+
+  test("a family that synced once and then fails is a failed sync, not a missing family", async () => {
+    const exec = new FakeIptables();
+    const { backend } = makeBackend(exec);
+    const both = world([[web, webEps], [web6, [endpoint("fd00:244:1::a", 8080)]]]);
+    await backend.sync(both, full);
+    exec.broken.add("ip6tables-legacy");
+    await expect(backend.sync(both, full)).rejects.toThrow("IPv6");
   });
 
   test("UDP: a removed endpoint's flows and a service leaving the no-endpoints state are cleared in conntrack", async () => {
