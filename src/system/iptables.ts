@@ -78,6 +78,18 @@ export interface RuleSpec {
   readonly position?: "prepend" | "append";
 }
 
+/**
+ * Whether `iptables --version` output names a release with `MASQUERADE --random-fully` (1.6.2 and
+ * later), as upstream checks before using it: the flag keeps SNAT from reusing a source port that
+ * another node's connection still holds in the destination's conntrack table.
+ */
+export function supportsRandomFully(versionOutput: string): boolean {
+  const match = /\bv(\d+)\.(\d+)\.(\d+)/.exec(versionOutput);
+  if (!match) return false;
+  const [major, minor, patch] = [Number(match[1]), Number(match[2]), Number(match[3])];
+  return major > 1 || (major === 1 && (minor > 6 || (minor === 6 && patch >= 2)));
+}
+
 /** iptables for one family and flavour, through an Exec. */
 export class Iptables {
   readonly commands: IptablesCommands;
@@ -110,6 +122,12 @@ export class Iptables {
 
   private run(args: readonly string[]): Promise<ExecResult> {
     return this.exec.run([this.commands.iptables, "-w", LOCK_WAIT_SECONDS, ...args], { timeoutMs: 30_000 });
+  }
+
+  /** `iptables --version` output, or "" when the binary does not answer. */
+  async version(): Promise<string> {
+    const result = await this.exec.run([this.commands.iptables, "--version"], { timeoutMs: 30_000 });
+    return result.code === 0 ? result.stdout : "";
   }
 
   async chainExists(table: Table, chain: string): Promise<boolean> {

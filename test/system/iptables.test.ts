@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import type { Exec } from "../../src/system/exec.ts";
-import { chainsIn, detectIptablesFlavour, Iptables, iptablesCommands } from "../../src/system/iptables.ts";
+import { chainsIn, detectIptablesFlavour, Iptables, iptablesCommands, supportsRandomFully } from "../../src/system/iptables.ts";
 import { isRoot, Netns } from "../helpers/netns.ts";
 import { hasTool, needs } from "../helpers/require.ts";
 
@@ -60,6 +60,17 @@ test("iptablesCommands names the flavour's binaries per family", () => {
 
 const kernelTest = needs(isRoot() && ["ip", "iptables-nft", "iptables-legacy"].every(hasTool), "needs root, ip and iptables (nft and legacy)");
 
+describe("supportsRandomFully", () => {
+  test("1.6.2 and later have MASQUERADE --random-fully; older or unreadable versions do not", () => {
+    expect(supportsRandomFully("iptables v1.8.9 (nf_tables)\n")).toBe(true);
+    expect(supportsRandomFully("iptables v1.6.2\n")).toBe(true);
+    expect(supportsRandomFully("iptables v1.6.1\n")).toBe(false);
+    expect(supportsRandomFully("iptables v1.4.21\n")).toBe(false);
+    expect(supportsRandomFully("ip6tables v2.0.0 (legacy)")).toBe(true);
+    expect(supportsRandomFully("")).toBe(false);
+  });
+});
+
 describe("Iptables against the kernel", () => {
   for (const flavour of ["nft", "legacy"] as const) {
     for (const family of ["IPv4", "IPv6"] as const) {
@@ -80,6 +91,9 @@ describe("Iptables against the kernel", () => {
           await ipt.ensureChain("filter", "KUBE-EMPTY");
           await ipt.ensureChain("filter", "KUBE-EMPTY");
           expect(await ipt.chains("filter")).toContain("KUBE-EMPTY");
+
+          // Every iptables a current distribution ships has it, in both flavours and families.
+          expect(supportsRandomFully(await ipt.version())).toBe(true);
 
           await ipt.deleteRule(jump);
           await ipt.deleteRule(jump);

@@ -25,7 +25,7 @@ import { categorizeEndpoints } from "../../model/topology.ts";
 import type { ChangeSet, Endpoint, IPFamily, ServicePort, Snapshot } from "../../model/types.ts";
 import { Conntrack } from "../../system/conntrack.ts";
 import { bunExec, type Exec } from "../../system/exec.ts";
-import { detectIptablesFlavour, Iptables, type IptablesFlavour } from "../../system/iptables.ts";
+import { detectIptablesFlavour, Iptables, type IptablesFlavour, supportsRandomFully } from "../../system/iptables.ts";
 import { type Clock, realClock } from "../../system/clock.ts";
 import type { Backend, SyncResult } from "../backend.ts";
 import { hostAddresses, type LocalAddresses, ruleOptionsForNode, ruleOptionsFromConfig } from "../iptables-options.ts";
@@ -242,6 +242,8 @@ export class IptablesBackend implements Backend {
   /** Families synced at least once: a later failure of theirs is a failure, never a missing family. */
   private readonly workedOnce = new Set<IPFamily>();
   private flavour: IptablesFlavour | undefined;
+  /** The node's iptables has `MASQUERADE --random-fully`; asked once, before the first sync. */
+  private randomFully: boolean | undefined;
   private prepared = false;
   /** What the kernel has, as of the last successful sync (for conntrack cleanup). */
   private applied: Snapshot | undefined;
@@ -271,6 +273,9 @@ export class IptablesBackend implements Backend {
     if (this.flavour === undefined) {
       this.flavour = await detectIptablesFlavour(this.options.exec);
       this.options.logger.info("Using the node's iptables flavour", { flavour: this.flavour });
+    }
+    if (this.randomFully === undefined) {
+      this.randomFully = supportsRandomFully(await new Iptables(this.options.exec, "IPv4", this.flavour).version());
     }
     return this.flavour;
   }
@@ -307,12 +312,10 @@ export class IptablesBackend implements Backend {
     const changedOnly = !changes.full && this.lastSyncOk ? changes.changed : undefined;
     this.lastSyncOk = false;
     const snapshot = this.guard.apply(input, changedOnly);
-    const options = ruleOptionsForNode(
-      this.options.ruleOptions,
-      this.nodePortConfig,
-      snapshot.node,
-      this.options.localAddresses,
-    );
+    const options: RuleOptions = {
+      ...ruleOptionsForNode(this.options.ruleOptions, this.nodePortConfig, snapshot.node, this.options.localAddresses),
+      randomFully: this.randomFully ?? false,
+    };
     // A family once synced keeps being synced, so its chains go away with its last service.
     const families = new Set<IPFamily>(this.states.keys());
     if (changedOnly === undefined) for (const family of familiesIn(snapshot)) families.add(family);

@@ -24,6 +24,8 @@ class FakeIptables implements Exec {
   failRestores = 0;
   /** Binaries (e.g. "ip6tables-legacy") that fail as on a node without IPv6 in the kernel. */
   readonly broken = new Set<string>();
+  /** What `iptables --version` prints; unset: the command fails. */
+  version: string | undefined;
 
   private table(base: string, table: string): Map<string, string[]> {
     const key = `${base}/${table}`;
@@ -62,6 +64,7 @@ class FakeIptables implements Exec {
     if (this.broken.has(base)) {
       return { code: 3, stdout: "", stderr: `${base}: can't initialize ip6tables table \`nat': Table does not exist`, timedOut: false };
     }
+    if (argv[1] === "--version") return this.version === undefined ? fail("unknown option") : ok(this.version);
     if (bin.startsWith("conntrack")) return fail("conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted.");
     if (bin.endsWith("-save")) {
       const tableName = argv[argv.indexOf("-t") + 1] ?? "filter";
@@ -426,6 +429,18 @@ describe("IptablesBackend", () => {
     await backend.sync(world([[web, webEps], [web6, ipv6Eps]]), full);
     expect(exec.calls.some((c) => c.argv[0]?.startsWith("ip6tables"))).toBe(false);
     expect(warnings()).toHaveLength(1);
+  });
+
+  test("MASQUERADE gets --random-fully when the node's iptables has it", async () => {
+    const masquerade = (exec: FakeIptables) => exec.tables.get("iptables-legacy/nat")?.get("KUBE-POSTROUTING")?.find((r) => r.includes("MASQUERADE"));
+    const modern = new FakeIptables();
+    modern.version = "iptables v1.8.9 (legacy)\n";
+    await makeBackend(modern).backend.sync(world([[web, webEps]]), full);
+    expect(masquerade(modern)).toEndWith("-j MASQUERADE --random-fully");
+    const old = new FakeIptables();
+    old.version = "iptables v1.4.21\n";
+    await makeBackend(old).backend.sync(world([[web, webEps]]), full);
+    expect(masquerade(old)).toEndWith("-j MASQUERADE");
   });
 
   test("a family that synced once and then fails is a failed sync, not a missing family", async () => {
