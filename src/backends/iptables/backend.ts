@@ -459,8 +459,9 @@ export class IptablesBackend implements Backend {
           : { text: generated.text, contents, skipped: 0 };
     }
     const pieceLines = this.options.pieceLines ?? DEFAULT_PIECE_LINES;
+    // A partial sync can be large too (a namespace deleted, a node's pods moved at once).
     const pieces =
-      !partial && state.iptables.flavour === "nft" && pieceLines > 0
+      state.iptables.flavour === "nft" && pieceLines > 0
         ? splitRestoreInput(trimmed.text, pieceLines)
         : [trimmed.text];
     try {

@@ -507,7 +507,7 @@ describe("IptablesBackend", () => {
     expect(seen.local).toEqual(new Map([["ns/lb", 1]]));
   });
 
-  test("nft: a large full restore goes in bottom-up pieces; a partial one in one piece", async () => {
+  test("nft: a large full or partial restore goes in bottom-up pieces; a small partial one in one piece", async () => {
     const exec = new FakeIptables();
     const { backend } = makeBackend(exec, { flavour: "nft", pieceLines: 8 });
     const entries: [ReturnType<typeof servicePort>, ReturnType<typeof endpoint>[]][] = [];
@@ -530,6 +530,21 @@ describe("IptablesBackend", () => {
     await backend.sync(world(entries.slice(1)), partialOf((entries[0] as (typeof entries)[0])[0].key));
     expect(exec.restores()).toHaveLength(1);
     expect(exec.chainsOf("iptables-nft", "nat").filter((c) => c.startsWith("KUBE-SEP-"))).toHaveLength(10);
+
+    // Every remaining service's endpoints move at once: a partial input as large as a full one.
+    const moved = entries.slice(1).map(([sp], i): (typeof entries)[0] => [sp, [endpoint(`10.244.3.${i}`, 80), endpoint(`10.244.4.${i}`, 80)]]);
+    exec.clear();
+    const result = await backend.sync(world(moved), partialOf(...moved.map(([sp]) => sp.key)));
+    expect(result.partial).toBe(true);
+    const partialPieces = exec.restores();
+    expect(partialPieces.length).toBeGreaterThan(1);
+    const firstIn = (re: RegExp) => partialPieces.findIndex((p) => re.test(p));
+    expect(firstIn(/^:KUBE-SEP-/m)).toBeLessThan(firstIn(/^:KUBE-SVC-/m));
+    expect(firstIn(/^-X KUBE-SEP-/m)).toBe(partialPieces.length - 1);
+    const afterPartial = exec.chainsOf("iptables-nft", "nat").sort();
+    const reference = new FakeIptables();
+    await makeBackend(reference, { flavour: "nft", pieceLines: 8 }).backend.sync(world(moved), full);
+    expect(afterPartial).toEqual(reference.chainsOf("iptables-nft", "nat").sort());
   });
 
   test("flavour auto asks the node once", async () => {
