@@ -9,6 +9,7 @@ import {
   parseIpvsSave,
   parseIpvsStats,
   parseIpvsTimeouts,
+  parseProcIpvs,
   type VirtualServer,
   virtualServerKey,
 } from "../../src/system/ipvs.ts";
@@ -130,6 +131,65 @@ describe("parseIpvsConnections", () => {
     expect(conns.get("tcp [fd00::1]:80")).toEqual([{ address: "fd00:10::5", port: 8080, activeConnections: 1, inactiveConnections: 0 }]);
     expect(conns.get("sctp 10.96.0.2:9999")).toHaveLength(1);
     expect(conns.size).toBe(5);
+  });
+});
+
+// /proc/net/ip_vs of Debian's 6.1 kernel (HZ 250), as read inside the test guest; the IPv6,
+// persistent, Local and FWM lines in the kernel's format.
+const PROC = `IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port Forward Weight ActiveConn InActConn
+TCP  C0A83202:78DC rr  
+  -> 0A801262:1F90      Masq    1      0          0         
+  -> 0A801261:1F90      Masq    0      3          7         
+UDP  0A60000A:0035 wrr persistent 2700000 FFFFFFFF
+  -> 0A F4 0107:0035      Masq    1      0          0         
+  -> 0AF40107:0035      Local   1      0          2         
+FWM  0000000C rr  
+  -> 0AF40108:0050      Masq    1      0          0         
+SCTP 0A600002:270F lc  
+  -> 0AF40303:270F      Route   3      0          0         
+TCP  [fd00:0000:0000:0000:0000:0000:0000:0001]:0050 sh  
+  -> [fd00:0010:0000:0000:0000:0000:0000:0005]:1F90      Masq    1      1          0         
+`;
+
+describe("parseProcIpvs", () => {
+  test("hex addresses and ports, persistence from jiffies, weights, forwarding; firewall marks and bad lines left out", () => {
+    const { virtualServers } = parseProcIpvs(PROC, 250);
+    expect(virtualServers.map(virtualServerKey)).toEqual(["tcp 192.168.50.2:30940", "udp 10.96.0.10:53", "sctp 10.96.0.2:9999", "tcp [fd00::1]:80"]);
+    expect(virtualServers[0]).toEqual({
+      protocol: "tcp",
+      address: "192.168.50.2",
+      port: 30940,
+      scheduler: "rr",
+      persistenceTimeout: 0,
+      flags: [],
+      realServers: [
+        { address: "10.128.18.98", port: 8080, forwarding: "masq", weight: 1 },
+        { address: "10.128.18.97", port: 8080, forwarding: "masq", weight: 0 },
+      ],
+    });
+    // a masquerading real server on a local address reads back as masq; a garbled line is skipped
+    expect(virtualServers[1]).toMatchObject({ scheduler: "wrr", persistenceTimeout: 10800, realServers: [{ address: "10.244.1.7", port: 53, forwarding: "masq", weight: 1 }] });
+    expect(virtualServers[2]?.realServers).toEqual([{ address: "10.244.3.3", port: 9999, forwarding: "route", weight: 3 }]);
+    expect(virtualServers[3]?.realServers).toEqual([{ address: "fd00:10::5", port: 8080, forwarding: "masq", weight: 1 }]);
+    expect(parseProcIpvs(PROC).virtualServers[1]?.persistenceTimeout).toBe(2_700_000);
+  });
+
+  test("connection counts per real server, keyed like the save output", () => {
+    const { connections } = parseProcIpvs(PROC);
+    expect(connections.get("tcp 192.168.50.2:30940")).toEqual([
+      { address: "10.128.18.98", port: 8080, activeConnections: 0, inactiveConnections: 0 },
+      { address: "10.128.18.97", port: 8080, activeConnections: 3, inactiveConnections: 7 },
+    ]);
+    expect(connections.get("tcp [fd00::1]:80")).toEqual([{ address: "fd00:10::5", port: 8080, activeConnections: 1, inactiveConnections: 0 }]);
+    expect(connections.has("fwm 12")).toBe(false);
+  });
+
+  test("reads back as the save of the same table does (but for scheduler flags)", () => {
+    const fromProc = parseProcIpvs(PROC, 250).virtualServers.filter((vs) => vs.protocol !== "udp");
+    expect(diffIpvs(fromProc, fromProc)).toEqual([]);
+    expect(parseProcIpvs("").virtualServers).toEqual([]);
   });
 });
 
@@ -261,6 +321,30 @@ describe("Ipvsadm", () => {
       [["ipvsadm", "-C"], undefined],
       [["ipvsadm", "-R"], "-D -u [fd00::10]:53\n"],
     ]);
+  });
+
+  test("table reads /proc/net/ip_vs once and learns HZ from one persistent service's seconds, once", async () => {
+    const exec = new RecordingExec((argv) =>
+      argv[0] === "cat" ? { stdout: PROC } : { stdout: "Prot LocalAddress:Port Scheduler Flags\nUDP  10.96.0.10:53 wrr persistent 10800\n" },
+    );
+    const ipvs = new Ipvsadm(exec);
+    const table = await ipvs.table();
+    expect(table.virtualServers.find((vs) => vs.protocol === "udp")?.persistenceTimeout).toBe(10800);
+    await ipvs.table();
+    expect(exec.calls.map((c) => c.argv.join(" "))).toEqual(["cat /proc/net/ip_vs", "ipvsadm -L -n -u 10.96.0.10:53", "cat /proc/net/ip_vs"]);
+  });
+
+  test("connections: of one service with ipvsadm -L, empty when it is gone; of all from the proc file", async () => {
+    const one = new RecordingExec(() => ({ stdout: LIST.split("\n").slice(0, 6).join("\n") }));
+    const conns = await new Ipvsadm(one).connections({ protocol: "tcp", address: "10.96.0.1", port: 443 });
+    expect(one.calls.map((c) => c.argv.join(" "))).toEqual(["ipvsadm -L -n -t 10.96.0.1:443"]);
+    expect([...conns.keys()]).toEqual(["tcp 10.96.0.1:443"]);
+    expect(conns.get("tcp 10.96.0.1:443")?.map((c) => c.activeConnections + c.inactiveConnections)).toEqual([10, 2]);
+    const gone = new RecordingExec(() => ({ code: 1, stderr: "No such service\n" }));
+    expect(await new Ipvsadm(gone).connections({ protocol: "udp", address: "10.96.0.9", port: 53 })).toEqual(new Map([["udp 10.96.0.9:53", []]]));
+    const all = new RecordingExec(() => ({ stdout: PROC }));
+    expect((await new Ipvsadm(all).connections()).size).toBe(4);
+    expect(all.calls.map((c) => c.argv.join(" "))).toEqual(["cat /proc/net/ip_vs"]);
   });
 
   test("save reads ipvsadm -S -n", async () => {

@@ -22,7 +22,7 @@ import { ipFamilyOf } from "../../model/ip.ts";
 import { categorizeEndpoints } from "../../model/topology.ts";
 import type { ChangeSet, Endpoint, IPFamily, ServicePort, Snapshot } from "../../model/types.ts";
 import { type ProxierHealthCheck, ServiceHealthServer } from "../../server/service-health.ts";
-import { Conntrack } from "../../system/conntrack.ts";
+import { Conntrack, type ConntrackFilter } from "../../system/conntrack.ts";
 import { type Clock, realClock } from "../../system/clock.ts";
 import { bunExec, type Exec } from "../../system/exec.ts";
 import { diffIpsets, type Ipset, IpsetTool, ipsetLine } from "../../system/ipset.ts";
@@ -33,7 +33,7 @@ import type { Backend, SyncResult } from "../backend.ts";
 import { healthCheckState, type ServiceHealthPorts, servicePortProblem, SnapshotGuard } from "../iptables/backend.ts";
 import type { RuleOptions } from "../iptables/options.ts";
 import type { CategorizeEndpoints } from "../iptables/service-rules.ts";
-import { clearStaleConntrack, staleConntrackOps } from "../iptables/conntrack-cleanup.ts";
+import { staleConntrackOps } from "../iptables/conntrack-cleanup.ts";
 import { applySysctls } from "../iptables/sysctls.ts";
 import { hostAddresses, type LocalAddresses, resolveNodePortAddresses, ruleOptionsFromConfig } from "../iptables-options.ts";
 import { familiesIn } from "../planners.ts";
@@ -231,9 +231,9 @@ export class IpvsBackend implements Backend {
       // As upstream: UDP flows to endpoints that are gone would keep their NAT until they time out.
       const ops = staleConntrackOps(previous, clean, { categorize: this.categorize, ...(partial && previous ? { keys: changes.changed } : {}) });
       this.appliedSnapshot = clean;
-      // One `conntrack -D` per stale flow group (a thousand at the first sync of a large cluster):
-      // housekeeping off the sync's path, in order, never holding up the next sync.
-      if (ops.length > 0) this.housekeeping = this.housekeeping.then(() => clearStaleConntrack(this.conntrack, ops, this.options.logger)).catch(() => {});
+      // All stale flow groups in one `conntrack -R` (a thousand groups at the first sync of a large
+      // cluster), as housekeeping off the sync's path, in order, never holding up the next sync.
+      if (ops.length > 0) this.housekeeping = this.housekeeping.then(() => this.clearConntrack(ops));
       const health = this.options.serviceHealth;
       const hasHealthPort = (key: string) => (previous?.services.get(key)?.healthCheckNodePort ?? 0) !== 0 || (clean.services.get(key)?.healthCheckNodePort ?? 0) !== 0;
       if (health && (!partial || [...changes.changed].some(hasHealthPort))) {
@@ -250,6 +250,15 @@ export class IpvsBackend implements Backend {
       }
       return result;
     });
+  }
+
+  /** Failures are logged, never thrown: the kernel's rules are right, only old flows linger. */
+  private async clearConntrack(ops: readonly ConntrackFilter[]): Promise<void> {
+    try {
+      await this.conntrack.deleteAll(ops);
+    } catch (err) {
+      this.options.logger.warn("Could not delete stale conntrack entries", { err, groups: ops.length });
+    }
   }
 
   private isExcluded(address: string): boolean {
@@ -278,8 +287,19 @@ export class IpvsBackend implements Backend {
   }
 
   private async readKernel(): Promise<KernelState> {
-    const [virtualServers, ipsets, addresses] = await Promise.all([this.ipvs.save(), this.ipset.save(), readNodeAddresses(this.options.exec)]);
+    const [virtualServers, ipsets, addresses] = await Promise.all([this.readVirtualServers(), this.ipset.save(), readNodeAddresses(this.options.exec)]);
     return { virtualServers, ipsets, addresses };
+  }
+
+  /**
+   * The kernel's virtual servers from one read of /proc/net/ip_vs (linear in the table; `ipvsadm
+   * -S -n` asks once per virtual server and took 46-50 s at 13,000 of them under emulation). The
+   * proc file shows no scheduler flags, so with `mh` (the one scheduler kproxy gives flags) the
+   * save is read instead.
+   */
+  private async readVirtualServers(): Promise<VirtualServer[]> {
+    if (this.options.scheduler === "mh") return this.ipvs.save();
+    return (await this.ipvs.table()).virtualServers;
   }
 
   /** Virtual servers of the kernel that kproxy manages (see the file comment). */
@@ -304,6 +324,14 @@ export class IpvsBackend implements Backend {
 
   private async fullSync(snapshot: Snapshot, flavour: IptablesFlavour): Promise<SyncResult> {
     const { logger } = this.options;
+    // The companion chains are checked with one save per family; it needs nothing from the kernel
+    // read, so it runs alongside it.
+    const saves = new Map<IPFamily, Promise<string>>();
+    for (const family of new Set<IPFamily>([...familiesIn(snapshot), ...(this.desired?.families ?? [])])) {
+      const saved = this.iptablesFor(family, flavour).save();
+      saved.catch(() => {});
+      saves.set(family, saved);
+    }
     const kernel = await this.readKernel();
     if (!kernel.addresses.dummyExists) await ensureDummyInterface(this.options.exec);
     const env = this.envFor(snapshot, kernel.addresses);
@@ -333,9 +361,19 @@ export class IpvsBackend implements Backend {
     const addAddresses = bound.filter((ip) => !dummy.has(ip));
     const removeAddresses = kernel.addresses.dummy.filter((ip) => !boundSet.has(ip));
 
-    // Sets, virtual servers and addresses are independent of each other; rules wait for all three.
-    await Promise.all([this.ipset.restore(sets), this.ipvs.applyBatch(batch), changeAddresses(this.options.exec, addAddresses, removeAddresses)]);
-    const rules = await this.writeRules(desired, flavour, snapshot, true);
+    // Sets, virtual servers and addresses are independent of each other. The rules match sets by
+    // name, so they wait for the set batch when it creates a set they use or destroys one (a
+    // set still referenced cannot be destroyed); otherwise all four run at once.
+    const existing = new Set(kernel.ipsets.map((set) => set.name));
+    const rulesFirstNeedSets = /^(create|destroy) /m.test(sets) || ![...desired.families].every((family) => referencedSets(this.rulesText(desired, family, snapshot)).every((name) => existing.has(name)));
+    const restores = Promise.all([this.ipset.restore(sets), this.ipvs.applyBatch(batch), changeAddresses(this.options.exec, addAddresses, removeAddresses)]);
+    let rules: { filter: number; nat: number };
+    if (rulesFirstNeedSets) {
+      await restores;
+      rules = await this.writeRules(desired, flavour, snapshot, true, saves);
+    } else {
+      [, rules] = await Promise.all([restores, this.writeRules(desired, flavour, snapshot, true, saves)]);
+    }
 
     this.applied = new Map(writes.map((vs) => [virtualServerKey(vs), vs]));
     this.draining.retain((vsKey, rsId) => this.applied.get(vsKey)?.realServers.some((rs) => rs.weight === 0 && realServerId(rs) === rsId) ?? false);
@@ -437,18 +475,31 @@ export class IpvsBackend implements Backend {
     return { filter, nat };
   }
 
-  /** Writes each family's companion rules (when they changed, or always on a full sync). */
-  private async writeRules(desired: DesiredState, flavour: IptablesFlavour, snapshot: Snapshot, full: boolean): Promise<{ filter: number; nat: number }> {
-    const options = { rule: { ...this.options.ruleOptions, nodeIPs: snapshot.node.addresses }, node: snapshot.node };
+  /** A family's companion rules as `iptables-restore` input (the same text for the same state). */
+  private rulesText(desired: DesiredState, family: IPFamily, snapshot: Snapshot): string {
+    return companionRules(desired, family, { rule: { ...this.options.ruleOptions, nodeIPs: snapshot.node.addresses }, node: snapshot.node });
+  }
+
+  /**
+   * Writes each family's companion rules (when they changed, or always on a full sync). `saves`
+   * holds saves a full sync started early, by family.
+   */
+  private async writeRules(
+    desired: DesiredState,
+    flavour: IptablesFlavour,
+    snapshot: Snapshot,
+    full: boolean,
+    saves?: ReadonlyMap<IPFamily, Promise<string>>,
+  ): Promise<{ filter: number; nat: number }> {
     for (const family of desired.families) {
       const ipt = this.iptablesFor(family, flavour);
-      const text = companionRules(desired, family, options);
+      const text = this.rulesText(desired, family, snapshot);
       if (!full && this.appliedRules.get(family) === text) continue;
       try {
         if (full) {
           // One save says whether the chains and the jumps into them are all still there; a full
           // sync with nothing changed and nothing flushed then writes no rules at all.
-          const saved = await ipt.save();
+          const saved = await (saves?.get(family) ?? ipt.save());
           const missing = IPVS_JUMP_RULES.filter((j) => !saved.includes(`-A ${j.chain} -m comment --comment "${j.comment}" -j ${j.target}\n`));
           const chainsThere = [...NAT_CHAINS, ...FILTER_CHAINS].every((c) => saved.includes(`:${c} `));
           if (missing.length > 0 || !chainsThere || this.appliedRules.get(family) !== text) await ipt.restore(text);
@@ -491,6 +542,11 @@ export class IpvsBackend implements Backend {
     this.stop.abort();
     await this.options.serviceHealth?.close();
   }
+}
+
+/** The set names an `iptables-restore` input matches with `-m set --match-set`. */
+function referencedSets(rules: string): string[] {
+  return [...rules.matchAll(/--match-set (\S+)/g)].map((m) => m[1] as string);
 }
 
 /** The endpoints of a service port that can be real servers (its family, a valid port). */

@@ -108,8 +108,8 @@ describe("IpvsBackend", () => {
     kernel.clearCalls();
     const result = await b.sync(cluster([[web, eps("10.1.0.1", "10.1.0.2", "10.1.0.3")], [dns, eps("10.1.0.1")]]), partial(web.key));
     expect(result).toMatchObject({ partial: true, servicePorts: 2, endpoints: 4 });
-    expect(kernel.callsOf("ipvsadm", "-S")).toEqual([]);
-    expect(kernel.callsOf("ipset", "save")).toEqual([]);
+    // nothing is read back and nothing else is spawned: one ipset batch and one ipvsadm batch
+    expect(kernel.calls.map((c) => c.argv.slice(0, 2).join(" "))).toEqual(["ipset restore", "ipvsadm -R"]);
     expect(kernel.callsOf("ipvsadm", "-R").map((c) => c.stdin)).toEqual([
       "-a -t 10.96.0.10:80 -r 10.1.0.3:8080 -m -w 1\n-a -t 192.168.0.2:30080 -r 10.1.0.3:8080 -m -w 1\n",
     ]);
@@ -210,6 +210,51 @@ describe("IpvsBackend", () => {
     await second.close();
   });
 
+  test("a full sync reads the table from /proc/net/ip_vs (persistence in jiffies) and finds nothing to write", async () => {
+    const kernel = new FakeKernel();
+    const { backend: b } = backend(kernel);
+    const state = cluster([[web, eps("10.1.0.1", "10.1.0.2")], [sticky, eps("10.1.0.3")]]);
+    await b.sync(state, full);
+    kernel.clearCalls();
+    await b.sync(state, full);
+    await b.sync(state, full);
+    expect(kernel.callsOf("cat", "/proc/net/ip_vs")).toHaveLength(2);
+    expect(kernel.callsOf("ipvsadm", "-S")).toEqual([]);
+    // the kernel's HZ is learned once from one persistent service's seconds
+    expect(kernel.callsOf("ipvsadm", "-L").map((c) => c.argv.join(" "))).toEqual(["ipvsadm -L -n -t 10.96.0.11:80"]);
+    expect(kernel.callsOf("ipvsadm", "-R")).toEqual([]);
+    await b.close();
+  });
+
+  test("with the mh scheduler, whose flags the proc file does not show, a full sync reads ipvsadm -S", async () => {
+    const kernel = new FakeKernel();
+    const { backend: b } = backend(kernel, { scheduler: "mh" });
+    const state = cluster([[web, eps("10.1.0.1")]]);
+    await b.sync(state, full);
+    expect(kernel.saveIpvs()).toContain("-A -t 10.96.0.10:80 -s mh -b mh-port\n");
+    kernel.clearCalls();
+    await b.sync(state, full);
+    expect(kernel.callsOf("ipvsadm", "-S")).toHaveLength(1);
+    expect(kernel.callsOf("cat")).toEqual([]);
+    expect(kernel.callsOf("ipvsadm", "-R")).toEqual([]);
+    await b.close();
+  });
+
+  test("stale UDP flows of many services are deleted with one conntrack call", async () => {
+    const kernel = new FakeKernel();
+    const { backend: b } = backend(kernel);
+    const dns2 = servicePort("ns", "dns2", "dns", { clusterIP: "10.96.0.54", port: 53, protocol: "UDP" });
+    await b.sync(cluster([[dns, eps("10.1.0.1", "10.1.0.2")], [dns2, eps("10.1.0.1", "10.1.0.2")]]), full);
+    await b.settled();
+    kernel.clearCalls();
+    await b.sync(cluster([[dns, eps("10.1.0.1")], [dns2, eps("10.1.0.1")]]), partial(dns.key, dns2.key));
+    await b.settled();
+    expect(kernel.callsOf("conntrack").map((c) => [c.argv.join(" "), c.stdin])).toEqual([
+      ["conntrack -R -", "-D --orig-dst 10.96.0.53 --dst-nat 10.1.0.2 -p udp\n-D --orig-dst 10.96.0.54 --dst-nat 10.1.0.2 -p udp\n"],
+    ]);
+    await b.close();
+  });
+
   test("a failed batch makes the next sync full, which converges", async () => {
     const kernel = new FakeKernel();
     const { backend: b } = backend(kernel);
@@ -218,7 +263,9 @@ describe("IpvsBackend", () => {
     await expect(b.sync(cluster([[web, eps("10.1.0.1", "10.1.0.2")]]), partial(web.key))).rejects.toThrow(/Memory allocation/);
     kernel.clearCalls();
     await b.sync(cluster([[web, eps("10.1.0.1", "10.1.0.2")]]), partial(web.key));
-    expect(kernel.callsOf("ipvsadm", "-S")).toHaveLength(1);
+    // re-read in one piece from /proc/net/ip_vs, not with ipvsadm -S (once per virtual server)
+    expect(kernel.callsOf("cat", "/proc/net/ip_vs")).toHaveLength(1);
+    expect(kernel.callsOf("ipvsadm", "-S")).toEqual([]);
     expect(kernel.real("tcp 10.96.0.10:80", "10.1.0.2:8080")?.weight).toBe(1);
     await b.close();
   });

@@ -30,6 +30,18 @@ interface Set {
   entries: string[];
 }
 
+/** `fd00::1` → `fd00:0000:0000:0000:0000:0000:0000:0001`, as the kernel's %pI6 prints it. */
+function expandIPv6(ip: string): string {
+  const [head, tail] = ip.includes("::") ? (ip.split("::") as [string, string]) : [ip, ""];
+  const left = head === "" ? [] : head.split(":");
+  const right = tail === "" ? [] : tail.split(":");
+  const groups = [...left, ...Array(8 - left.length - right.length).fill("0"), ...right];
+  return groups.map((g) => g.padStart(4, "0")).join(":");
+}
+
+/** The kernel's timer frequency (Debian's kernels use 250). */
+const HZ = 250;
+
 const PROTO_FLAG: Record<string, string> = { "-t": "tcp", "-u": "udp", "--sctp-service": "sctp" };
 const FLAG_OF: Record<string, string> = { tcp: "-t", udp: "-u", sctp: "--sctp-service" };
 
@@ -74,6 +86,11 @@ export class FakeKernel implements Exec {
           return this.ipset(args, stdin);
         case "ip":
           return this.ip(args, stdin);
+        case "conntrack":
+          // deletions only; nothing is tracked here
+          return args[0] === "-R" || args[0] === "-D" ? ok("") : fail(`conntrack: unknown ${args.join(" ")}`);
+        case "cat":
+          return args[0] === "/proc/net/ip_vs" ? ok(this.procIpvs()) : fail(`cat: ${args[0]}: No such file or directory`);
         default:
           if (tool?.startsWith("iptables") || tool?.startsWith("ip6tables")) return this.iptables(tool, args, stdin);
           return fail(`${tool}: not found`, 127);
@@ -179,10 +196,28 @@ export class FakeKernel implements Exec {
     return lines.length ? `${lines.join("\n")}\n` : "";
   }
 
+  /** /proc/net/ip_vs as the kernel prints it: hex addresses and ports, persistence in jiffies, no flags. */
+  procIpvs(): string {
+    const hex = (hostPort: string): string => {
+      const m = /^\[?(.+?)\]?:(\d+)$/.exec(hostPort) as RegExpExecArray;
+      const host = m[1] as string;
+      const port = Number(m[2]).toString(16).toUpperCase().padStart(4, "0");
+      if (host.includes(":")) return `[${expandIPv6(host)}]:${port}`;
+      const bytes = host.split(".").map((b) => Number(b).toString(16).toUpperCase().padStart(2, "0"));
+      return `${bytes.join("")}:${port}`;
+    };
+    const lines = ["IP Virtual Server version 1.2.1 (size=4096)", "Prot LocalAddress:Port Scheduler Flags", "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn"];
+    for (const svc of this.services.values()) {
+      lines.push(`${svc.protocol.toUpperCase().padEnd(4)} ${hex(svc.service)} ${svc.scheduler} ${svc.persistence ? `persistent ${svc.persistence * HZ} FFFFFFFF` : ""}`);
+      for (const [id, rs] of svc.reals) lines.push(`  -> ${hex(id)}      Masq    ${String(rs.weight).padEnd(6)} ${String(rs.active).padEnd(10)} ${String(rs.inactive).padEnd(10)}`);
+    }
+    return `${lines.join("\n")}\n`;
+  }
+
   private list(services: Service[]): string {
     const lines = ["IP Virtual Server version 1.2.1 (size=4096)", "Prot LocalAddress:Port Scheduler Flags", "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn"];
     for (const svc of services) {
-      lines.push(`${svc.protocol.toUpperCase()}  ${svc.service} ${svc.scheduler}`);
+      lines.push(`${svc.protocol.toUpperCase()}  ${svc.service} ${svc.scheduler}${svc.persistence ? ` persistent ${svc.persistence}` : ""}`);
       for (const [id, rs] of svc.reals) lines.push(`  -> ${id.padEnd(28)} Masq    ${rs.weight}      ${rs.active}          ${rs.inactive}`);
     }
     return `${lines.join("\n")}\n`;
