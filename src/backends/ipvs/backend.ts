@@ -220,16 +220,20 @@ export class IpvsBackend implements Backend {
       // A partial sync looks at the changed service ports only (partialSync checks each), so its
       // cost does not grow with the cluster; a full sync screens the whole snapshot.
       const clean = partial ? snapshot : this.guard.apply(snapshot);
+      const previous = this.appliedSnapshot;
+      let ops: ConntrackFilter[] = [];
+      // As upstream: UDP flows to endpoints that are gone would keep their NAT until they time out.
+      // Worked out while the kernel applies the batches, so it adds nothing to the sync's time.
+      const whileApplying = () => {
+        ops = staleConntrackOps(previous, clean, { categorize: this.categorize, ...(partial && previous ? { keys: changes.changed } : {}) });
+      };
       let result: SyncResult;
       try {
-        result = partial ? await this.partialSync(clean, changes, flavour) : await this.fullSync(clean, flavour);
+        result = partial ? await this.partialSync(clean, changes, flavour, whileApplying) : await this.fullSync(clean, flavour, whileApplying);
       } catch (err) {
         this.desired = undefined;
         throw err;
       }
-      const previous = this.appliedSnapshot;
-      // As upstream: UDP flows to endpoints that are gone would keep their NAT until they time out.
-      const ops = staleConntrackOps(previous, clean, { categorize: this.categorize, ...(partial && previous ? { keys: changes.changed } : {}) });
       this.appliedSnapshot = clean;
       // All stale flow groups in one `conntrack -R` (a thousand groups at the first sync of a large
       // cluster), as housekeeping off the sync's path, in order, never holding up the next sync.
@@ -322,7 +326,8 @@ export class IpvsBackend implements Backend {
     });
   }
 
-  private async fullSync(snapshot: Snapshot, flavour: IptablesFlavour): Promise<SyncResult> {
+  /** `whileApplying` runs once the kernel batches are under way (work that needs no result of them). */
+  private async fullSync(snapshot: Snapshot, flavour: IptablesFlavour, whileApplying: () => void): Promise<SyncResult> {
     const { logger } = this.options;
     // The companion chains are checked with one save per family; it needs nothing from the kernel
     // read, so it runs alongside it.
@@ -366,7 +371,10 @@ export class IpvsBackend implements Backend {
     // set still referenced cannot be destroyed); otherwise all four run at once.
     const existing = new Set(kernel.ipsets.map((set) => set.name));
     const rulesFirstNeedSets = /^(create|destroy) /m.test(sets) || ![...desired.families].every((family) => referencedSets(this.rulesText(desired, family, snapshot)).every((name) => existing.has(name)));
-    const restores = Promise.all([this.ipset.restore(sets), this.ipvs.applyBatch(batch), changeAddresses(this.options.exec, addAddresses, removeAddresses)]);
+    // The longest batch (virtual servers) starts first.
+    const restores = Promise.all([this.ipvs.applyBatch(batch), this.ipset.restore(sets), changeAddresses(this.options.exec, addAddresses, removeAddresses)]);
+    restores.catch(() => {});
+    whileApplying();
     let rules: { filter: number; nat: number };
     if (rulesFirstNeedSets) {
       await restores;
@@ -397,10 +405,12 @@ export class IpvsBackend implements Backend {
     return this.result(desired, rules, false);
   }
 
-  private async partialSync(snapshot: Snapshot, changes: ChangeSet, flavour: IptablesFlavour): Promise<SyncResult> {
+  private async partialSync(snapshot: Snapshot, changes: ChangeSet, flavour: IptablesFlavour, whileApplying: () => void): Promise<SyncResult> {
     const desired = this.desired as DesiredState;
     const env = { ...(this.env as IpvsPlanEnv), node: snapshot.node, nodeIPs: snapshot.node.addresses };
     let delta: DesiredDelta | undefined;
+    let endpointChange = 0;
+    const endpointsNow = new Map<string, number>();
     for (const key of changes.changed) {
       let sp = snapshot.services.get(key);
       const problem = sp ? servicePortProblem(sp) : undefined;
@@ -409,16 +419,23 @@ export class IpvsBackend implements Backend {
         sp = undefined;
       }
       const endpoints = usableEndpoints(sp, snapshot.endpoints.get(key) ?? []);
-      this.endpointCount += endpoints.length - (this.endpointsOf.get(key) ?? 0);
-      if (endpoints.length > 0) this.endpointsOf.set(key, endpoints.length);
-      else this.endpointsOf.delete(key);
+      endpointChange += endpoints.length - (this.endpointsOf.get(key) ?? 0);
+      endpointsNow.set(key, endpoints.length);
       delta = desired.replace(key, sp ? planServicePort(sp, endpoints, env) : undefined, delta);
     }
-    if (!delta) return this.result(desired, this.ruleCount(), true);
+    const countEndpoints = () => {
+      this.endpointCount += endpointChange;
+      for (const [key, n] of endpointsNow) n > 0 ? this.endpointsOf.set(key, n) : this.endpointsOf.delete(key);
+    };
+    if (!delta) {
+      countEndpoints();
+      whileApplying();
+      return this.result(desired, this.ruleCount(), true);
+    }
     applyAddressMembers(delta);
 
     const before: VirtualServer[] = [];
-    const writes: VirtualServer[] = [];
+    const writes = new Map<string, VirtualServer>();
     const drainedNow: [VirtualServer, VirtualServer["realServers"][number]][] = [];
     for (const key of delta.virtualServers) {
       const current = this.applied.get(key);
@@ -430,35 +447,43 @@ export class IpvsBackend implements Backend {
         continue;
       }
       const { virtualServer, drained } = withDraining(current, wanted);
-      writes.push(virtualServer);
+      writes.set(key, virtualServer);
       for (const rs of drained) drainedNow.push([wanted, rs]);
     }
-    const batch = diffIpvs(before, writes);
-    const setLines: string[] = [];
-    for (const [name, members] of delta.addedMembers) for (const m of members) setLines.push(ipsetLine.add(name, m));
-    for (const [name, members] of delta.removedMembers) for (const m of members) setLines.push(ipsetLine.del(name, m));
+    const batch = diffIpvs(before, [...writes.values()]);
+    let setLines = "";
+    let setLineCount = 0;
+    for (const [name, members] of delta.addedMembers) {
+      for (const m of members) setLines += `${ipsetLine.add(name, m)}\n`;
+      setLineCount += members.length;
+    }
+    for (const [name, members] of delta.removedMembers) {
+      for (const m of members) setLines += `${ipsetLine.del(name, m)}\n`;
+      setLineCount += members.length;
+    }
 
-    await Promise.all([
-      this.ipset.restore(setLines.length > 0 ? `${setLines.join("\n")}\n` : ""),
-      this.ipvs.applyBatch(batch),
-      changeAddresses(this.options.exec, delta.addedAddresses, delta.removedAddresses),
-    ]);
-    const rules = desired.rulesChanged(delta) ? await this.writeRules(desired, flavour, snapshot, false) : this.ruleCount();
+    // The kernel's part starts now; kproxy's own bookkeeping is done while it runs and only
+    // committed once it succeeded.
+    const applying = Promise.all([this.ipvs.applyBatch(batch), this.ipset.restore(setLines), changeAddresses(this.options.exec, delta.addedAddresses, delta.removedAddresses)]);
+    applying.catch(() => {});
+    const rulesChanged = desired.rulesChanged(delta);
+    whileApplying();
+    await applying;
+    const rules = rulesChanged ? await this.writeRules(desired, flavour, snapshot, false) : this.ruleCount();
 
     for (const key of delta.virtualServers) {
-      const vs = writes.find((w) => virtualServerKey(w) === key);
-      if (vs) this.applied.set(key, vs);
-      else {
+      const vs = writes.get(key);
+      if (vs) {
+        this.applied.set(key, vs);
+        for (const rs of vs.realServers) if (rs.weight > 0) this.draining.forget(key, realServerId(rs));
+      } else {
         this.applied.delete(key);
         this.draining.forget(key);
       }
     }
-    for (const vs of writes) {
-      const key = virtualServerKey(vs);
-      for (const rs of vs.realServers) if (rs.weight > 0) this.draining.forget(key, realServerId(rs));
-    }
     for (const [vs, rs] of drainedNow) this.draining.add(vs, rs);
-    this.options.logger.debug(3, "Synced ipvs (partial)", { servicePorts: changes.changed.size, ipvsLines: batch.length, ipsetLines: setLines.length });
+    countEndpoints();
+    this.options.logger.debug(3, "Synced ipvs (partial)", { servicePorts: changes.changed.size, ipvsLines: batch.length, ipsetLines: setLineCount });
     return this.result(desired, rules, true);
   }
 

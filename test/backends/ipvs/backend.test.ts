@@ -109,7 +109,7 @@ describe("IpvsBackend", () => {
     const result = await b.sync(cluster([[web, eps("10.1.0.1", "10.1.0.2", "10.1.0.3")], [dns, eps("10.1.0.1")]]), partial(web.key));
     expect(result).toMatchObject({ partial: true, servicePorts: 2, endpoints: 4 });
     // nothing is read back and nothing else is spawned: one ipset batch and one ipvsadm batch
-    expect(kernel.calls.map((c) => c.argv.slice(0, 2).join(" "))).toEqual(["ipset restore", "ipvsadm -R"]);
+    expect(kernel.calls.map((c) => c.argv.slice(0, 2).join(" "))).toEqual(["ipvsadm -R", "ipset restore"]);
     expect(kernel.callsOf("ipvsadm", "-R").map((c) => c.stdin)).toEqual([
       "-a -t 10.96.0.10:80 -r 10.1.0.3:8080 -m -w 1\n-a -t 192.168.0.2:30080 -r 10.1.0.3:8080 -m -w 1\n",
     ]);
