@@ -1,5 +1,11 @@
 import type { SessionAffinity } from "../../model/types.ts";
 
+/**
+ * How a relay thread moves bytes: "epoll" on raw sockets through libc (fewer system calls; Linux),
+ * "bun" on Bun's sockets. A thread that cannot run "epoll" uses "bun".
+ */
+export type RelayEngine = "epoll" | "bun";
+
 /** Messages from the owning thread to a relay thread. */
 export type WorkerRequest =
   | { readonly op: "update"; readonly serviceKey: string; readonly endpoints: readonly string[]; readonly affinity: SessionAffinity }
@@ -15,6 +21,7 @@ export type WorkerRequest =
       readonly host: string;
       readonly port: number;
       readonly reusePort: boolean;
+      readonly engine: RelayEngine;
       readonly dialTimeoutsMs: readonly number[];
       /** Shared counters of this listener; this thread writes slot `slot`. */
       readonly counters: SharedArrayBuffer;

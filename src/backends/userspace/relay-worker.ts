@@ -5,6 +5,7 @@
  */
 import { LoadBalancer } from "./load-balancer.ts";
 import { STAT_SLOTS } from "./proxy-socket.ts";
+import { epollRelayAvailable, startEpollTcpRelay } from "./epoll-tcp-relay.ts";
 import { startTcpRelay } from "./tcp-relay.ts";
 import type { TcpRelay } from "./tcp-relay.ts";
 import type { WorkerReply, WorkerRequest } from "./relay-protocol.ts";
@@ -13,6 +14,7 @@ declare const self: Worker;
 
 const balancer = new LoadBalancer();
 const relays = new Map<string, TcpRelay>();
+
 
 function reply(message: WorkerReply): void {
   self.postMessage(message);
@@ -36,7 +38,7 @@ self.onmessage = async (event: MessageEvent<WorkerRequest>) => {
     case "listen":
       try {
         relays.get(m.serviceKey)?.close({ closeActive: true });
-        const relay = startTcpRelay({
+        const options = {
           serviceKey: m.serviceKey,
           host: m.host,
           port: m.port,
@@ -44,7 +46,10 @@ self.onmessage = async (event: MessageEvent<WorkerRequest>) => {
           reusePort: m.reusePort,
           dialTimeoutsMs: m.dialTimeoutsMs,
           counters: new Float64Array(m.counters, m.slot * STAT_SLOTS * 8, STAT_SLOTS),
-        });
+        };
+        // This thread does nothing but relay, so the epoll relay may block in its wait; Bun's sockets
+        // where it cannot run.
+        const relay = (m.engine === "epoll" && epollRelayAvailable() && startEpollTcpRelay(options)) || startTcpRelay(options);
         relays.set(m.serviceKey, relay);
         reply({ id: m.id, port: relay.port });
       } catch (err) {

@@ -2,7 +2,7 @@ import type { Logger } from "../../log.ts";
 import type { SessionAffinity } from "../../model/types.ts";
 import type { CloseOptions, RelayStats } from "./proxy-socket.ts";
 import { ENDPOINT_DIAL_TIMEOUTS_MS, STAT_SLOTS, statsFrom, sumStats } from "./proxy-socket.ts";
-import type { WorkerReply, WorkerRequest } from "./relay-protocol.ts";
+import type { RelayEngine, WorkerReply, WorkerRequest } from "./relay-protocol.ts";
 import type { TcpRelay } from "./tcp-relay.ts";
 
 export interface RelayWorkersOptions {
@@ -12,6 +12,8 @@ export interface RelayWorkersOptions {
   readonly workerUrl?: string | URL;
   readonly dialTimeoutsMs?: readonly number[];
   readonly logger?: Logger;
+  /** How the threads move bytes; "epoll" (where it runs) by default. */
+  readonly engine?: RelayEngine;
 }
 
 export interface WorkerListenOptions {
@@ -40,11 +42,13 @@ export class TcpRelayWorkers {
   private nextId = 1;
   private readonly dialTimeoutsMs: readonly number[];
   private readonly logger: Logger | undefined;
+  private readonly engine: RelayEngine;
   private closed = false;
 
   private constructor(options: RelayWorkersOptions) {
     this.dialTimeoutsMs = options.dialTimeoutsMs ?? ENDPOINT_DIAL_TIMEOUTS_MS;
     this.logger = options.logger;
+    this.engine = options.engine ?? "epoll";
     const threads = Math.max(1, options.threads ?? navigator.hardwareConcurrency);
     const url = options.workerUrl ?? defaultWorkerUrl();
     for (let i = 0; i < threads; i++) {
@@ -113,6 +117,7 @@ export class TcpRelayWorkers {
       host: options.host,
       port: options.port,
       reusePort,
+      engine: this.engine,
       dialTimeoutsMs: this.dialTimeoutsMs,
       counters,
       slot: 0,
@@ -128,6 +133,7 @@ export class TcpRelayWorkers {
           host: options.host,
           port,
           reusePort,
+          engine: this.engine,
           dialTimeoutsMs: this.dialTimeoutsMs,
           counters,
           slot: i + 1,

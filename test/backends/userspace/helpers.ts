@@ -4,6 +4,7 @@
  */
 import { createHash } from "node:crypto";
 import net from "node:net";
+import { AF_INET, openLibc, SOCK_STREAM_NONBLOCK_CLOEXEC, sockaddr, sockaddrPort, pinned } from "../../../src/backends/userspace/libc.ts";
 
 export const HOST = "127.0.0.1";
 
@@ -134,4 +135,31 @@ export async function closedPort(): Promise<number> {
   const port = (server.address() as net.AddressInfo).port;
   await new Promise<void>((resolve) => server.close(() => resolve()));
   return port;
+}
+
+/**
+ * A loopback port whose accept queue is full and never drained: the kernel drops further SYNs, so a
+ * dial to it hangs (until its SYN is retried, a second or more later). Linux only.
+ */
+export async function stuckListener(): Promise<{ endpoint: string; close(): void }> {
+  const c = openLibc();
+  if (!c) throw new Error("needs libc");
+  const fd = c.fn.socket(AF_INET, SOCK_STREAM_NONBLOCK_CLOEXEC, 0);
+  const sa = sockaddr(HOST, 0) as Uint8Array;
+  const addr = pinned(sa.byteLength);
+  addr.bytes.set(sa);
+  if (c.fn.bind(fd, addr.at, sa.byteLength) < 0 || c.fn.listen(fd, 0) < 0) throw new Error(`bind/listen failed (errno ${c.errno()})`);
+  const len = pinned(4);
+  len.view.setUint32(0, 16, true);
+  c.fn.getsockname(fd, addr.at, len.at);
+  const port = sockaddrPort(addr.view);
+  // One finished handshake fills a queue of backlog 0.
+  const filler = await connect(port);
+  return {
+    endpoint: `${HOST}:${port}`,
+    close: () => {
+      filler.destroy();
+      c.fn.close(fd);
+    },
+  };
 }
