@@ -170,10 +170,19 @@ export function generateRules(
     options.localhostNodePorts &&
     (nodePortAddresses === "all" || nodePortAddresses.some((ip) => isLoopback(ip)));
 
+  // One walk over the snapshot: this family's service ports with rules, their endpoints, and the
+  // endpoint count, which must be known before any rule is written (large-cluster mode).
+  const ports: ServicePort[] = [];
+  const portEndpoints: (readonly Endpoint[])[] = [];
   let totalEndpoints = 0;
-  for (const sp of snapshot.services.values()) {
-    if (sp.family === family) totalEndpoints += snapshot.endpoints.get(sp.key)?.length ?? 0;
-  }
+  snapshot.services.forEach((sp) => {
+    if (sp.family !== family) return;
+    const list = snapshot.endpoints.get(sp.key);
+    if (list !== undefined) totalEndpoints += list.length;
+    if (sp.clusterIP === "" || sp.clusterIP === "None") return;
+    ports.push(sp);
+    portEndpoints.push(list ?? NO_ENDPOINTS);
+  });
   const largeClusterMode = totalEndpoints > options.largeClusterEndpointsThreshold;
   const env = rulesEnv(snapshot, family, options, categorize, largeClusterMode);
 
@@ -226,9 +235,9 @@ export function generateRules(
   let noLocalEndpointsInternal = 0;
   let noLocalEndpointsExternal = 0;
 
-  for (const sp of snapshot.services.values()) {
-    if (sp.family !== family || sp.clusterIP === "" || sp.clusterIP === "None") continue;
-    const rules = serviceRules(sp, snapshot.endpoints.get(sp.key) ?? NO_ENDPOINTS, env);
+  for (let i = 0; i < ports.length; i++) {
+    const sp = ports[i] as ServicePort;
+    const rules = serviceRules(sp, portEndpoints[i] as readonly Endpoint[], env);
     servicePorts++;
     byKey.set(sp.key, rules);
     if (rules.noLocalEndpointsInternal) noLocalEndpointsInternal++;

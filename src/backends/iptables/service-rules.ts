@@ -14,15 +14,22 @@ import {
 } from "../../model/topology.ts";
 import type { Endpoint, NodeInfo, Protocol, ServicePort } from "../../model/types.ts";
 import {
-  chainLine,
   KUBE_EXTERNAL_SERVICES,
   KUBE_MARK_MASQ,
   KUBE_NODEPORTS,
   KUBE_PROXY_FIREWALL,
   KUBE_SERVICES,
 } from "./chains.ts";
-import { chainsOfServicePort, endpointNameTable, type EndpointNameTable } from "./hash.ts";
-import { cidrContains } from "./ip.ts";
+import {
+  ENDPOINT_CHAIN_PREFIX,
+  hash16,
+  portProtoHash,
+  SERVICE_CLUSTER_CHAIN_PREFIX,
+  SERVICE_EXTERNAL_CHAIN_PREFIX,
+  SERVICE_FIREWALL_CHAIN_PREFIX,
+  SERVICE_LOCAL_CHAIN_PREFIX,
+} from "./hash.ts";
+import { cidrContains, joinHostPort } from "./ip.ts";
 import type { LocalTrafficMatch, RuleOptions } from "./options.ts";
 import { probability } from "./probability.ts";
 
@@ -109,21 +116,53 @@ export function serviceRules(sp: ServicePort, endpoints: readonly Endpoint[], en
 
 const LOWER_PROTOCOL: Readonly<Record<Protocol, string>> = { TCP: "tcp", UDP: "udp", SCTP: "sctp" };
 const LOCALHOST_NODEPORTS_COUNTER = "localhost_nps_accepted_pkts";
+const MARK_MASQ_JUMP = ` -j ${KUBE_MARK_MASQ}\n`;
+const DECLARED = " - [0:0]\n";
 
-/** Lines joined into one flat string with a trailing newline (the empty last element supplies it). */
-function block(lines: string[]): string {
-  if (lines.length === 0) return "";
-  lines.push("");
-  return lines.join("\n");
+/**
+ * One section of a service port's rules (filter, nat top-level, nat chain declarations, nat
+ * rules), built as a list of fragments joined once. Fragments are strings that already exist
+ * (names, IPs, per-service-port constants), so a line costs no string of its own and the block is
+ * copied once. Hot rules store fragments with `parts[parts.length] = ...` in place: generation of
+ * a whole cluster runs mostly before the JIT's top tiers, where each call (a helper method, or a
+ * `push` of several values) costs more than the store itself. The sections are reused for every
+ * service port.
+ */
+class Section {
+  readonly parts: string[] = [];
+  /** Whole lines written so far. */
+  lines = 0;
+
+  /** A whole line given as one string (rare rules, where clarity beats fragments). */
+  line(text: string): void {
+    this.parts.push(text, "\n");
+    this.lines++;
+  }
+
+  /** The section's text (whole lines, or empty); the section is empty again afterwards. */
+  take(): string {
+    const text = this.parts.length === 0 ? "" : this.parts.join("");
+    this.parts.length = 0;
+    this.lines = 0;
+    return text;
+  }
 }
+
+const filterSection = new Section();
+const natTopSection = new Section();
+const chainSection = new Section();
+const ruleSection = new Section();
 
 function buildServiceRules(sp: ServicePort, endpoints: readonly Endpoint[], env: ServiceRulesEnv): ServiceRules {
   const { options, local, largeClusterMode } = env;
   const name = sp.servicePortName;
   const proto = LOWER_PROTOCOL[sp.protocol];
   const match = `-m ${proto} -p ${proto}`;
-  const chains = chainsOfServicePort(sp);
-  const names = endpointNameTable(name, sp.protocol);
+  const hash = portProtoHash(name, sp.protocol);
+  const clusterChain = SERVICE_CLUSTER_CHAIN_PREFIX + hash;
+  const localChain = SERVICE_LOCAL_CHAIN_PREFIX + hash;
+  const externalTrafficChain = SERVICE_EXTERNAL_CHAIN_PREFIX + hash;
+  const firewallChain = SERVICE_FIREWALL_CHAIN_PREFIX + hash;
   const { clusterEndpoints, localEndpoints, allReachableEndpoints, hasAnyEndpoints } = env.categorize(
     sp,
     endpoints,
@@ -137,14 +176,13 @@ function buildServiceRules(sp: ServicePort, endpoints: readonly Endpoint[], env:
   const usesClusterPolicyChain = clusterEndpoints.length > 0 && usesClusterEndpoints(sp);
   const usesLocalPolicyChain = localEndpoints.length > 0 && usesLocalEndpoints(sp);
 
-  const internalTrafficChain = internalPolicyLocal ? chains.local : chains.cluster;
+  const internalTrafficChain = internalPolicyLocal ? localChain : clusterChain;
   const hasInternalEndpoints = hasAnyEndpoints && (!internalPolicyLocal || localEndpoints.length > 0);
-  const externalPolicyChain = externalPolicyLocal ? chains.local : chains.cluster;
+  const externalPolicyChain = externalPolicyLocal ? localChain : clusterChain;
   const hasExternalEndpoints = hasAnyEndpoints && (!externalPolicyLocal || localEndpoints.length > 0);
-  const externalTrafficChain = chains.external;
   const usesExternalTrafficChain = hasAnyEndpoints && externallyAccessible;
   const usesFirewallChain = hasAnyEndpoints && sp.loadBalancerIPs.length > 0 && sp.loadBalancerSourceRanges.length > 0;
-  const loadBalancerTrafficChain = usesFirewallChain ? chains.firewall : externalTrafficChain;
+  const loadBalancerTrafficChain = usesFirewallChain ? firewallChain : externalTrafficChain;
 
   let internalFilterTarget = "";
   let internalFilterComment = "";
@@ -168,35 +206,45 @@ function buildServiceRules(sp: ServicePort, endpoints: readonly Endpoint[], env:
     }
   }
 
-  const filterRules: string[] = [];
-  const natTopRules: string[] = [];
-  const natChains: string[] = [];
-  const natRules: string[] = [];
+  const filter = filterSection;
+  const natTop = natTopSection;
+  const natChains = chainSection;
+  const natRules = ruleSection;
+  const t = natTop.parts;
+  const c = natChains.parts;
+  const r = natRules.parts;
   const ownChains: string[] = [];
   const declare = (chain: string): void => {
     ownChains.push(chain);
-    natChains.push(chainLine(chain));
+    c[c.length] = ":";
+    c[c.length] = chain;
+    c[c.length] = DECLARED;
   };
 
-  const port = sp.port;
+  const port = String(sp.port);
+  // `"<name> cluster IP" -m tcp -p tcp -d <clusterIP> --dport <port>`, shared by two rules.
+  const clusterIPMatch = ` -m comment --comment "${name} cluster IP" ${match} -d ${sp.clusterIP} --dport ${port}`;
   if (hasInternalEndpoints) {
-    natTopRules.push(
-      `-A ${KUBE_SERVICES} -m comment --comment "${name} cluster IP" ${match} -d ${sp.clusterIP} --dport ${port} -j ${internalTrafficChain}`,
-    );
+    t[t.length] = `-A ${KUBE_SERVICES}`;
+    t[t.length] = clusterIPMatch;
+    t[t.length] = " -j ";
+    t[t.length] = internalTrafficChain;
+    t[t.length] = "\n";
+    natTop.lines++;
   } else {
-    filterRules.push(
+    filter.line(
       `-A ${KUBE_SERVICES} -m comment --comment ${internalFilterComment} ${match} -d ${sp.clusterIP} --dport ${port} -j ${internalFilterTarget}`,
     );
   }
 
   for (const externalIP of sp.externalIPs) {
     if (hasAnyEndpoints) {
-      natTopRules.push(
+      natTop.line(
         `-A ${KUBE_SERVICES} -m comment --comment "${name} external IP" ${match} -d ${externalIP} --dport ${port} -j ${externalTrafficChain}`,
       );
     }
     if (!hasExternalEndpoints) {
-      filterRules.push(
+      filter.line(
         `-A ${KUBE_EXTERNAL_SERVICES} -m comment --comment ${externalFilterComment} ${match} -d ${externalIP} --dport ${port} -j ${externalFilterTarget}`,
       );
     }
@@ -204,19 +252,19 @@ function buildServiceRules(sp: ServicePort, endpoints: readonly Endpoint[], env:
 
   for (const lbIP of sp.loadBalancerIPs) {
     if (hasAnyEndpoints) {
-      natTopRules.push(
+      natTop.line(
         `-A ${KUBE_SERVICES} -m comment --comment "${name} loadbalancer IP" ${match} -d ${lbIP} --dport ${port} -j ${loadBalancerTrafficChain}`,
       );
     }
     if (usesFirewallChain) {
-      filterRules.push(
-        `-A ${KUBE_PROXY_FIREWALL} -m comment --comment "${name} traffic not accepted by ${chains.firewall}" ${match} -d ${lbIP} --dport ${port} -j DROP`,
+      filter.line(
+        `-A ${KUBE_PROXY_FIREWALL} -m comment --comment "${name} traffic not accepted by ${firewallChain}" ${match} -d ${lbIP} --dport ${port} -j DROP`,
       );
     }
   }
   if (!hasExternalEndpoints) {
     for (const lbIP of sp.loadBalancerIPs) {
-      filterRules.push(
+      filter.line(
         `-A ${KUBE_EXTERNAL_SERVICES} -m comment --comment ${externalFilterComment} ${match} -d ${lbIP} --dport ${port} -j ${externalFilterTarget}`,
       );
     }
@@ -226,16 +274,14 @@ function buildServiceRules(sp: ServicePort, endpoints: readonly Endpoint[], env:
     if (hasAnyEndpoints) {
       // NodePorts are deliberately not subject to loadBalancerSourceRanges (upstream behaviour).
       if (env.countLocalhostNodePorts) {
-        natTopRules.push(
+        natTop.line(
           `-A ${KUBE_NODEPORTS} -m comment --comment ${name} ${match} -d 127.0.0.0/8 --dport ${sp.nodePort} -m nfacct --nfacct-name ${LOCALHOST_NODEPORTS_COUNTER} -j ${externalTrafficChain}`,
         );
       }
-      natTopRules.push(
-        `-A ${KUBE_NODEPORTS} -m comment --comment ${name} ${match} --dport ${sp.nodePort} -j ${externalTrafficChain}`,
-      );
+      natTop.line(`-A ${KUBE_NODEPORTS} -m comment --comment ${name} ${match} --dport ${sp.nodePort} -j ${externalTrafficChain}`);
     }
     if (!hasExternalEndpoints) {
-      filterRules.push(
+      filter.line(
         `-A ${KUBE_EXTERNAL_SERVICES} -m comment --comment ${externalFilterComment} -m addrtype --dst-type LOCAL ${match} --dport ${sp.nodePort} -j ${externalFilterTarget}`,
       );
     }
@@ -243,91 +289,125 @@ function buildServiceRules(sp: ServicePort, endpoints: readonly Endpoint[], env:
 
   if (sp.healthCheckNodePort !== 0) {
     // Accepted whether or not this node has local endpoints: the answer (200/503) is the point.
-    filterRules.push(
+    filter.line(
       `-A ${KUBE_NODEPORTS} -m comment --comment "${name} health check node port" -m tcp -p tcp --dport ${sp.healthCheckNodePort} -j ACCEPT`,
     );
   }
 
   if (hasInternalEndpoints && (options.masqueradeAll || local !== undefined)) {
     // Off-cluster traffic to a ClusterIP (e.g. via a static route to the service range) may leave the node again, so it is SNATed.
-    natRules.push(
-      `-A ${internalTrafficChain} -m comment --comment "${name} cluster IP" ${match} -d ${sp.clusterIP} --dport ${port}${
-        options.masqueradeAll ? "" : ` ${local?.ifNotLocal}`
-      } -j ${KUBE_MARK_MASQ}`,
-    );
+    r[r.length] = "-A ";
+    r[r.length] = internalTrafficChain;
+    r[r.length] = clusterIPMatch;
+    if (!options.masqueradeAll) {
+      r[r.length] = " ";
+      r[r.length] = (local as LocalTrafficMatch).ifNotLocal;
+    }
+    r[r.length] = MARK_MASQ_JUMP;
+    natRules.lines++;
   }
 
   if (usesExternalTrafficChain) {
     declare(externalTrafficChain);
     if (!externalPolicyLocal) {
-      natRules.push(
-        `-A ${externalTrafficChain} -m comment --comment "masquerade traffic for ${name} external destinations" -j ${KUBE_MARK_MASQ}`,
-      );
+      r[r.length] = "-A ";
+      r[r.length] = externalTrafficChain;
+      r[r.length] = ` -m comment --comment "masquerade traffic for `;
+      r[r.length] = name;
+      r[r.length] = ` external destinations"`;
+      r[r.length] = MARK_MASQ_JUMP;
+      natRules.lines++;
     } else {
       // Pods reaching an external IP of a Local service go to any endpoint, as if via the outside load balancer.
       if (local !== undefined) {
-        natRules.push(
-          `-A ${externalTrafficChain} -m comment --comment "pod traffic for ${name} external destinations" ${local.ifLocal} -j ${chains.cluster}`,
+        natRules.line(
+          `-A ${externalTrafficChain} -m comment --comment "pod traffic for ${name} external destinations" ${local.ifLocal} -j ${clusterChain}`,
         );
       }
       // The node itself has the external IP as a local address, so its own traffic must be SNATed and may use any endpoint.
-      natRules.push(
+      natRules.line(
         `-A ${externalTrafficChain} -m comment --comment "masquerade LOCAL traffic for ${name} external destinations" -m addrtype --src-type LOCAL -j ${KUBE_MARK_MASQ}`,
-        `-A ${externalTrafficChain} -m comment --comment "route LOCAL traffic for ${name} external destinations" -m addrtype --src-type LOCAL -j ${chains.cluster}`,
+      );
+      natRules.line(
+        `-A ${externalTrafficChain} -m comment --comment "route LOCAL traffic for ${name} external destinations" -m addrtype --src-type LOCAL -j ${clusterChain}`,
       );
     }
-    if (hasExternalEndpoints) natRules.push(`-A ${externalTrafficChain} -j ${externalPolicyChain}`);
+    if (hasExternalEndpoints) {
+      r[r.length] = "-A ";
+      r[r.length] = externalTrafficChain;
+      r[r.length] = " -j ";
+      r[r.length] = externalPolicyChain;
+      r[r.length] = "\n";
+      natRules.lines++;
+    }
   }
 
   if (usesFirewallChain) {
-    declare(chains.firewall);
-    const head = `-A ${chains.firewall} -m comment --comment "${name} loadbalancer IP"`;
+    declare(firewallChain);
+    const head = `-A ${firewallChain} -m comment --comment "${name} loadbalancer IP"`;
     let allowFromNode = false;
     for (const range of sp.loadBalancerSourceRanges) {
-      natRules.push(`${head} -s ${range.trim()} -j ${externalTrafficChain}`);
+      natRules.line(`${head} -s ${range.trim()} -j ${externalTrafficChain}`);
       if (env.nodeIP !== undefined && cidrContains(range, env.nodeIP)) allowFromNode = true;
     }
     // A node reaching its own LB VIP loops back with the VIP as source; let it through when the node may connect.
     if (allowFromNode) {
-      for (const lbIP of sp.loadBalancerIPs) natRules.push(`${head} -s ${lbIP} -j ${externalTrafficChain}`);
+      for (const lbIP of sp.loadBalancerIPs) natRules.line(`${head} -s ${lbIP} -j ${externalTrafficChain}`);
     }
-    natRules.push(
-      `-A ${chains.firewall} -m comment --comment "other traffic to ${name} will be dropped by ${KUBE_PROXY_FIREWALL}"`,
-    );
+    natRules.line(`-A ${firewallChain} -m comment --comment "other traffic to ${name} will be dropped by ${KUBE_PROXY_FIREWALL}"`);
   }
 
-  const affinitySeconds = sp.sessionAffinity.type === "ClientIP" ? sp.sessionAffinity.timeoutSeconds : undefined;
+  const affinitySeconds = sp.sessionAffinity.type === "ClientIP" ? String(sp.sessionAffinity.timeoutSeconds) : undefined;
+  const names = endpointNamesOf(name + proto, allReachableEndpoints);
 
   if (usesClusterPolicyChain) {
-    declare(chains.cluster);
-    writeServiceToEndpointRules(natRules, name, names, chains.cluster, clusterEndpoints, affinitySeconds, largeClusterMode);
+    declare(clusterChain);
+    writeServiceToEndpointRules(natRules, name, names, clusterChain, clusterEndpoints, affinitySeconds, largeClusterMode);
   }
   if (usesLocalPolicyChain) {
-    declare(chains.local);
-    writeServiceToEndpointRules(natRules, name, names, chains.local, localEndpoints, affinitySeconds, largeClusterMode);
+    declare(localChain);
+    writeServiceToEndpointRules(natRules, name, names, localChain, localEndpoints, affinitySeconds, largeClusterMode);
   }
 
+  // Per endpoint: `-A <sep><comment> -s <ip> -j KUBE-MARK-MASQ` and `-A <sep><comment>[ -m recent ...] -m tcp -p tcp -j DNAT --to-destination <ip:port>`.
   const sepComment = largeClusterMode ? "" : ` -m comment --comment ${name}`;
-  for (const ep of allReachableEndpoints) {
-    const { endpoint, chain: sep } = names.names(ep);
+  const masqSource = `${sepComment} -s `;
+  const masqThenNext = `${MARK_MASQ_JUMP}-A `;
+  const dnat = ` ${match} -j DNAT --to-destination `;
+  const commentThenDnat = sepComment + dnat;
+  for (let i = 0; i < allReachableEndpoints.length; i++) {
+    const sep = names.chains[i] as string;
     declare(sep);
     // Hairpin: a pod reaching itself through the service must be SNATed or it would answer itself directly.
-    natRules.push(
-      `-A ${sep}${sepComment} -s ${ep.ip} -j ${KUBE_MARK_MASQ}`,
-      `-A ${sep}${sepComment}${affinitySeconds !== undefined ? ` -m recent --name ${sep} --set` : ""} ${match} -j DNAT --to-destination ${endpoint}`,
-    );
+    r[r.length] = "-A ";
+    r[r.length] = sep;
+    r[r.length] = masqSource;
+    r[r.length] = (allReachableEndpoints[i] as Endpoint).ip;
+    r[r.length] = masqThenNext;
+    r[r.length] = sep;
+    if (affinitySeconds === undefined) {
+      r[r.length] = commentThenDnat;
+    } else {
+      r[r.length] = sepComment;
+      r[r.length] = " -m recent --name ";
+      r[r.length] = sep;
+      r[r.length] = ` --set${dnat}`;
+    }
+    r[r.length] = names.endpoints[i] as string;
+    r[r.length] = "\n";
+    natRules.lines += 2;
   }
 
-  const filterRuleCount = filterRules.length;
-  const natTopRuleCount = natTopRules.length;
-  const natRuleCount = natRules.length;
+  const filterRuleCount = filter.lines;
+  const natTopRuleCount = natTop.lines;
+  const natRuleCount = natRules.lines;
   return {
-    filterRules: block(filterRules),
+    filterRules: filter.take(),
     filterRuleCount,
-    natTopRules: block(natTopRules),
+    natTopRules: natTop.take(),
     natTopRuleCount,
-    natChains: block(natChains),
-    natRules: block(natRules),
+    natChains: natChains.take(),
+    natRules: natRules.take(),
     natRuleCount,
     chains: ownChains,
     noLocalEndpointsInternal,
@@ -335,33 +415,111 @@ function buildServiceRules(sp: ServicePort, endpoints: readonly Endpoint[], env:
   };
 }
 
+/** `ip:port` texts and KUBE-SEP chains of a service port's reachable endpoints, index for index. */
+interface EndpointNameList {
+  readonly list: readonly Endpoint[];
+  readonly endpoints: readonly string[];
+  readonly chains: readonly string[];
+  readonly hashPrefix: string;
+  /** Where each endpoint is in `list`; built only when a policy's list is not `list` itself. */
+  indexOf?: Map<Endpoint, number>;
+}
+
+/**
+ * Names hashed straight from the endpoint, without a cache: a service port's rules are rebuilt
+ * only when it or its endpoints changed, and one SHA-256 is cheaper than keeping a name table for
+ * every endpoint of the cluster.
+ */
+function endpointNamesOf(hashPrefix: string, list: readonly Endpoint[]): EndpointNameList {
+  const n = list.length;
+  const endpoints = new Array<string>(n);
+  const chains = new Array<string>(n);
+  for (let i = 0; i < n; i++) {
+    const ep = list[i] as Endpoint;
+    const endpoint = joinHostPort(ep.ip, ep.port);
+    endpoints[i] = endpoint;
+    chains[i] = ENDPOINT_CHAIN_PREFIX + hash16(hashPrefix + endpoint);
+  }
+  return { list, endpoints, chains, hashPrefix };
+}
+
+/** Names of `endpoints` (a subset of `names.list`, as categorization guarantees), index for index. */
+function pickNames(names: EndpointNameList, endpoints: readonly Endpoint[]): { endpoints: string[]; chains: string[] } {
+  let index = names.indexOf;
+  if (index === undefined) {
+    index = new Map();
+    for (let i = 0; i < names.list.length; i++) index.set(names.list[i] as Endpoint, i);
+    names.indexOf = index;
+  }
+  const n = endpoints.length;
+  const picked = { endpoints: new Array<string>(n), chains: new Array<string>(n) };
+  for (let i = 0; i < n; i++) {
+    const ep = endpoints[i] as Endpoint;
+    const at = index.get(ep);
+    if (at !== undefined) {
+      picked.endpoints[i] = names.endpoints[at] as string;
+      picked.chains[i] = names.chains[at] as string;
+    } else {
+      const endpoint = joinHostPort(ep.ip, ep.port);
+      picked.endpoints[i] = endpoint;
+      picked.chains[i] = ENDPOINT_CHAIN_PREFIX + hash16(names.hashPrefix + endpoint);
+    }
+  }
+  return picked;
+}
+
+/** `"` + the statistic match for `1/n` + ` -j `, as written after an endpoint's comment. */
+const spreadAfterComment: string[] = [];
+/** The same without the closing quote (large-cluster mode writes no comment). */
+const spreadBare: string[] = [];
+
+function spread(n: number, commented: boolean): string {
+  const cache = commented ? spreadAfterComment : spreadBare;
+  let text = cache[n];
+  if (text === undefined) {
+    text = `${commented ? `"` : ""} -m statistic --mode random --probability ${probability(n)} -j `;
+    cache[n] = text;
+  }
+  return text;
+}
+
 /** Session-affinity checks first (a known client goes back to its endpoint), then the random spread. */
 function writeServiceToEndpointRules(
-  natRules: string[],
+  natRules: Section,
   name: string,
-  names: EndpointNameTable,
+  names: EndpointNameList,
   chain: string,
   endpoints: readonly Endpoint[],
-  affinitySeconds: number | undefined,
+  affinitySeconds: string | undefined,
   largeClusterMode: boolean,
 ): void {
+  const r = natRules.parts;
   const n = endpoints.length;
-  const targets: string[] = new Array<string>(n);
-  const comments: string[] = new Array<string>(n);
-  for (let i = 0; i < n; i++) {
-    const { endpoint, chain: sep } = names.names(endpoints[i] as Endpoint);
-    targets[i] = sep;
-    comments[i] = largeClusterMode ? "" : ` -m comment --comment "${name} -> ${endpoint}"`;
-  }
+  const { endpoints: texts, chains: targets } = endpoints === names.list ? names : pickNames(names, endpoints);
+  // `-A <chain> -m comment --comment "<name> -> ` comes before each endpoint's `ip:port`.
+  const head = largeClusterMode ? `-A ${chain}` : `-A ${chain} -m comment --comment "${name} -> `;
+  const lastTail = largeClusterMode ? " -j " : `" -j `;
   if (affinitySeconds !== undefined) {
+    const recent = `${largeClusterMode ? "" : `"`} -m recent --name `;
+    const check = ` --rcheck --seconds ${affinitySeconds} --reap -j `;
     for (let i = 0; i < n; i++) {
-      const sep = targets[i];
-      natRules.push(`-A ${chain}${comments[i]} -m recent --name ${sep} --rcheck --seconds ${affinitySeconds} --reap -j ${sep}`);
+      const sep = targets[i] as string;
+      r[r.length] = head;
+      if (!largeClusterMode) r[r.length] = texts[i] as string;
+      r[r.length] = recent;
+      r[r.length] = sep;
+      r[r.length] = check;
+      r[r.length] = sep;
+      r[r.length] = "\n";
     }
   }
   for (let i = 0; i < n; i++) {
+    r[r.length] = head;
+    if (!largeClusterMode) r[r.length] = texts[i] as string;
     // Endpoint i of n takes 1/(n-i) of what is left, which spreads evenly; the last one takes the rest.
-    const spread = i < n - 1 ? ` -m statistic --mode random --probability ${probability(n - i)}` : "";
-    natRules.push(`-A ${chain}${comments[i]}${spread} -j ${targets[i]}`);
+    r[r.length] = i < n - 1 ? spread(n - i, !largeClusterMode) : lastTail;
+    r[r.length] = targets[i] as string;
+    r[r.length] = "\n";
   }
+  natRules.lines += affinitySeconds === undefined ? n : 2 * n;
 }
