@@ -61,30 +61,60 @@ function code(index: number): number {
  */
 export function hash16(input: string): string {
   Bun.SHA256.hash(input, digest);
+  return encodeDigest16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+}
+
+const SEP_CODES = Array.from(ENDPOINT_CHAIN_PREFIX, (c) => c.charCodeAt(0));
+
+/**
+ * `KUBE-SEP-` + hash16(input) as one flat string. Written out in one `fromCharCode` rather than
+ * prefix + hash, which would be a rope that every later use of the name has to flatten first.
+ */
+export function endpointChainHash(input: string): string {
+  Bun.SHA256.hash(input, digest);
+  const p = SEP_CODES;
+  return encodeDigest16(9, p[0] ?? 0, p[1] ?? 0, p[2] ?? 0, p[3] ?? 0, p[4] ?? 0, p[5] ?? 0, p[6] ?? 0, p[7] ?? 0, p[8] ?? 0);
+}
+
+/** `digest`'s first 10 bytes in base32, after `prefixLength` (0 or 9) given character codes. */
+function encodeDigest16(
+  prefixLength: number,
+  c0: number,
+  c1: number,
+  c2: number,
+  c3: number,
+  c4: number,
+  c5: number,
+  c6: number,
+  c7: number,
+  c8: number,
+): string {
   const d = digest;
   // 40 bits do not fit a 32-bit int: split each group as 8 high bits + 32 low bits.
   const hi0 = d[0] ?? 0;
   const lo0 = (((d[1] ?? 0) << 24) | ((d[2] ?? 0) << 16) | ((d[3] ?? 0) << 8) | (d[4] ?? 0)) >>> 0;
   const hi1 = d[5] ?? 0;
   const lo1 = (((d[6] ?? 0) << 24) | ((d[7] ?? 0) << 16) | ((d[8] ?? 0) << 8) | (d[9] ?? 0)) >>> 0;
-  return String.fromCharCode(
-    code(hi0 >>> 3),
-    code(((hi0 & 7) << 2) | (lo0 >>> 30)),
-    code(lo0 >>> 25),
-    code(lo0 >>> 20),
-    code(lo0 >>> 15),
-    code(lo0 >>> 10),
-    code(lo0 >>> 5),
-    code(lo0),
-    code(hi1 >>> 3),
-    code(((hi1 & 7) << 2) | (lo1 >>> 30)),
-    code(lo1 >>> 25),
-    code(lo1 >>> 20),
-    code(lo1 >>> 15),
-    code(lo1 >>> 10),
-    code(lo1 >>> 5),
-    code(lo1),
-  );
+  const h0 = code(hi0 >>> 3);
+  const h1 = code(((hi0 & 7) << 2) | (lo0 >>> 30));
+  const h2 = code(lo0 >>> 25);
+  const h3 = code(lo0 >>> 20);
+  const h4 = code(lo0 >>> 15);
+  const h5 = code(lo0 >>> 10);
+  const h6 = code(lo0 >>> 5);
+  const h7 = code(lo0);
+  const h8 = code(hi1 >>> 3);
+  const h9 = code(((hi1 & 7) << 2) | (lo1 >>> 30));
+  const h10 = code(lo1 >>> 25);
+  const h11 = code(lo1 >>> 20);
+  const h12 = code(lo1 >>> 15);
+  const h13 = code(lo1 >>> 10);
+  const h14 = code(lo1 >>> 5);
+  const h15 = code(lo1);
+  if (prefixLength === 0) {
+    return String.fromCharCode(h0, h1, h2, h3, h4, h5, h6, h7, h8, h9, h10, h11, h12, h13, h14, h15);
+  }
+  return String.fromCharCode(c0, c1, c2, c3, c4, c5, c6, c7, c8, h0, h1, h2, h3, h4, h5, h6, h7, h8, h9, h10, h11, h12, h13, h14, h15);
 }
 
 /**

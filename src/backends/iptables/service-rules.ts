@@ -21,8 +21,7 @@ import {
   KUBE_SERVICES,
 } from "./chains.ts";
 import {
-  ENDPOINT_CHAIN_PREFIX,
-  hash16,
+  endpointChainHash,
   portProtoHash,
   SERVICE_CLUSTER_CHAIN_PREFIX,
   SERVICE_EXTERNAL_CHAIN_PREFIX,
@@ -438,7 +437,7 @@ function endpointNamesOf(hashPrefix: string, list: readonly Endpoint[]): Endpoin
     const ep = list[i] as Endpoint;
     const endpoint = joinHostPort(ep.ip, ep.port);
     endpoints[i] = endpoint;
-    chains[i] = ENDPOINT_CHAIN_PREFIX + hash16(hashPrefix + endpoint);
+    chains[i] = endpointChainHash(hashPrefix + endpoint);
   }
   return { list, endpoints, chains, hashPrefix };
 }
@@ -462,7 +461,7 @@ function pickNames(names: EndpointNameList, endpoints: readonly Endpoint[]): { e
     } else {
       const endpoint = joinHostPort(ep.ip, ep.port);
       picked.endpoints[i] = endpoint;
-      picked.chains[i] = ENDPOINT_CHAIN_PREFIX + hash16(names.hashPrefix + endpoint);
+      picked.chains[i] = endpointChainHash(names.hashPrefix + endpoint);
     }
   }
   return picked;
