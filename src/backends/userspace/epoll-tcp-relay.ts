@@ -200,14 +200,26 @@ class EpollLoop {
     q.push(conn);
   }
 
+  /**
+   * One turn: waits and dispatches for up to `blockMs` (a single non-blocking pass when 0), then
+   * yields to the thread's own event loop so messages from the owner get in.
+   */
   private readonly turn = (): void => {
-    const c = this.c;
-    const busy = this.relays.size > 0;
-    if (!busy) {
+    if (this.relays.size === 0) {
       this.running = false;
       return;
     }
-    const n = c.fn.epoll_wait(this.ep, this.events.at, MAX_EVENTS, this.blockMs);
+    if (this.blockMs <= 0) this.pass(0);
+    else {
+      const end = performance.now() + this.blockMs;
+      for (let left = this.blockMs; left > 0 && this.relays.size > 0; left = Math.ceil(end - performance.now())) this.pass(left);
+    }
+    setImmediate(this.turn);
+  };
+
+  private pass(timeoutMs: number): void {
+    const c = this.c;
+    const n = c.fn.epoll_wait(this.ep, this.events.at, MAX_EVENTS, timeoutMs);
     const view = this.events.view;
     const size = c.epollEventSize;
     const o = c.epollDataOffset;
@@ -222,8 +234,7 @@ class EpollLoop {
       else owner.relay.acceptAll(owner.fd);
     }
     if (this.dialQueues.length > 0) this.expireDials();
-    setImmediate(this.turn);
-  };
+  }
 
   private expireDials(): void {
     const now = performance.now();
@@ -371,6 +382,7 @@ function pump(side: Side, untilEmpty: boolean): void {
     if (n > 0) {
       if (dialling || out.queued > 0) {
         queue(out, buf.bytes.slice(0, n));
+        if (n < CHUNK && !untilEmpty) return;
         continue;
       }
       const w = fn.send(out.fd, buf.at, n, MSG_NOSIGNAL);
@@ -409,9 +421,12 @@ function pump(side: Side, untilEmpty: boolean): void {
 
 function sendFin(side: Side): void {
   side.finOut = true;
-  const loop = side.conn.relay.loop;
-  loop.c.fn.shutdown(side.fd, SHUT_WR);
-  if (side.finIn && side.peer.finOut) closeConn(side.conn, false);
+  // The last FIN of the connection: closing sends it, so the shutdown call would be one call too many.
+  if (side.finIn && side.peer.finOut) {
+    closeConn(side.conn, false);
+    return;
+  }
+  side.conn.relay.loop.c.fn.shutdown(side.fd, SHUT_WR);
 }
 
 /** Cuts the connection: `resetSide` (if still open) gets a reset, the other side is closed. */
