@@ -37,6 +37,9 @@ if (r.full.samples.ours.length > 0) {
   console.log(row("  vs both tools run concurrently", r.full.oursMs, r.full.concurrentReferenceMs, r.full.concurrentRatio));
 }
 console.log(row("one endpoint changed (partial)", r.oneEndpoint.oursMs, r.oneEndpoint.referenceMs, r.oneEndpoint.ratio));
+console.log(
+  `median of per-round ratios: ${r.full.pairRatio === null ? "" : `full sync ${r.full.pairRatio}x, `}one endpoint ${r.oneEndpoint.pairRatio}x; kproxy's own time in a one-endpoint sync (besides the commands it runs): ${r.oneEndpoint.ownMs} ms`,
+);
 if (r.steadyFullSyncMs !== null) console.log(`periodic full sync, nothing to change: ${r.steadyFullSyncMs} ms`);
 console.log(`resident memory with the cluster loaded: ${r.rssMiB} MiB (heap ${r.heapUsedMiB} MiB)`);
 console.log(`samples: ${JSON.stringify({ full: r.full.samples, oneEndpoint: r.oneEndpoint.samples })}`);

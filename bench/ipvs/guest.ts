@@ -6,11 +6,14 @@
  *   namespace (kproxy: read the kernel, plan, diff, `ipset restore` + `ipvsadm -R` + `ip -batch` for kube-ipvs0 + companion rules) vs bare
  *   `ipvsadm -R` + `ipset restore` of the batches kproxy wrote;
  * - one endpoint changed among them (a pod turning not-ready: its real servers drain at weight 0),
- *   partial sync vs bare `ipvsadm -R` (+ `ipset restore` when kproxy wrote one) of the same batch;
+ *   partial sync vs bare `ipvsadm -R` (+ `ipset restore` when kproxy wrote one) of the same batch
+ *   on the same starting state, the reference running first in half of the rounds; kproxy's own
+ *   time (the sync minus the commands it ran) is reported too;
  * - a periodic full sync with nothing to change (reads and diffs only), absolute;
  * - resident memory with the cluster loaded and synced.
  *
- * Each measurement is repeated and the median reported. Prints one JSON line at the end.
+ * Each measurement is repeated and the median reported, with the median of the per-round ratios.
+ * Rounds after the first alternate which side goes first. Prints one JSON line at the end.
  *
  *   bun bench/ipvs/guest.ts [services] [rounds]
  */
@@ -34,20 +37,44 @@ const CHANGES = 20;
 const PARTIAL_ONLY = process.argv[4] === "partial";
 const NODE = "bench-node";
 
-/** Records what went to ipvsadm -R and ipset restore, so the reference applies the same bytes. */
+/**
+ * Records what went to ipvsadm -R and ipset restore, so the reference applies the same bytes, and
+ * how long commands ran (kproxy's own time is a sync's time minus that).
+ */
 class RecordingExec implements Exec {
   readonly writes: { tool: string; stdin: string }[] = [];
+  commandMs = 0;
   constructor(private readonly inner: Exec = bunExec) {}
   async run(argv: readonly string[], options?: Parameters<Exec["run"]>[1]) {
     const tool = argv[0] ?? "";
     if ((tool === "ipvsadm" && argv[1] === "-R") || (tool === "ipset" && argv[1] === "restore")) {
       this.writes.push({ tool, stdin: typeof options?.stdin === "string" ? options.stdin : "" });
     }
-    return this.inner.run(argv, options);
+    const t = performance.now();
+    try {
+      return await this.inner.run(argv, options);
+    } finally {
+      this.commandMs += performance.now() - t;
+    }
   }
 }
 
+const sameWrites = (a: readonly { tool: string; stdin: string }[], b: readonly { tool: string; stdin: string }[]) =>
+  a.length === b.length && a.every((w, i) => w.tool === b[i]?.tool && w.stdin === b[i]?.stdin);
+
 let namespaces = 0;
+const live: string[] = [];
+/**
+ * Empties and deletes the namespaces made so far. A node's other namespaces hold no virtual
+ * servers; while ours do, the guest's own /proc/net/ip_vs is incomplete (the kernel loses its
+ * place in the shared table), and kproxy would fall back to the slower `ipvsadm -S`.
+ */
+async function dropNamespaces(): Promise<void> {
+  for (const name of live.splice(0)) {
+    await sh(["ip", "netns", "exec", name, "ipvsadm", "-C"]);
+    await sh(["ip", "netns", "del", name]);
+  }
+}
 /**
  * A fresh network namespace with a node address, and an Exec running commands inside it. IPVS
  * keeps deleted real servers in a per-namespace trash list for minutes and searches it on every
@@ -56,6 +83,7 @@ let namespaces = 0;
 async function freshNamespace(): Promise<Exec> {
   const name = `bench${namespaces++}`;
   await sh(["ip", "netns", "add", name]);
+  live.push(name);
   const exec: Exec = { run: (argv, options) => bunExec.run(["ip", "netns", "exec", name, ...argv], options) };
   const batch = ["link set lo up", "link add bench0 type dummy", "addr add 192.168.50.2/24 dev bench0", "link set bench0 up"];
   await runChecked(exec, ["ip", "-batch", "-"], { stdin: `${batch.join("\n")}\n` });
@@ -158,8 +186,23 @@ async function main(): Promise<void> {
   const fullOurs: number[] = [];
   const fullRef: number[] = [];
   const fullRefConcurrent: number[] = [];
+  const fullPairRatios: number[] = [];
   let batchLines = { ipvs: 0, ipset: 0 };
+  let recorded: { startUp: { tool: string; stdin: string }[]; writes: { tool: string; stdin: string }[] } | undefined;
+  /** The bare tools, each in a namespace of its own brought to the same starting point (the sets exist). */
+  const references = async (startUp: { tool: string; stdin: string }[], writes: { tool: string; stdin: string }[]) => {
+    for (const concurrent of [false, true]) {
+      const exec = await freshNamespace();
+      await reference(startUp, false, exec);
+      (concurrent ? fullRefConcurrent : fullRef).push(await reference(writes, concurrent, exec));
+    }
+    progress(`reference ${Math.round(fullRef.at(-1) ?? 0)} ms, concurrent ${Math.round(fullRefConcurrent.at(-1) ?? 0)} ms`);
+  };
   for (let r = 0; r < (PARTIAL_ONLY ? 0 : ROUNDS); r++) {
+    // Every other round the reference goes first (with the batches the first round recorded), so
+    // neither side always runs on a machine the other has just warmed or loaded.
+    const referenceFirst = recorded !== undefined && r % 2 === 1;
+    if (referenceFirst && recorded) await references(recorded.startUp, recorded.writes);
     // kproxy in its own namespace: start-up (sysctls, kube-ipvs0, the empty sets, the companion
     // chains) first, then the measured sync of the whole cluster.
     const oursExec = new RecordingExec(await freshNamespace());
@@ -173,17 +216,15 @@ async function main(): Promise<void> {
     fullOurs.push(ms);
     progress(`full sync ${Math.round(ms)} ms`);
     const writes = [...oursExec.writes];
+    if (recorded && !(sameWrites(recorded.startUp, startUp) && sameWrites(recorded.writes, writes))) throw new Error("full sync wrote different batches in another round");
+    recorded ??= { startUp, writes };
     batchLines = {
       ipvs: writes.filter((w) => w.tool === "ipvsadm").reduce((n, w) => n + w.stdin.split("\n").length - 1, 0),
       ipset: writes.filter((w) => w.tool === "ipset").reduce((n, w) => n + w.stdin.split("\n").length - 1, 0),
     };
-    // The bare tools, each in a namespace of its own brought to the same starting point (the sets exist).
-    for (const concurrent of [false, true]) {
-      const exec = await freshNamespace();
-      await reference(startUp, false, exec);
-      (concurrent ? fullRefConcurrent : fullRef).push(await reference(writes, concurrent, exec));
-    }
-    progress(`reference ${Math.round(fullRef.at(-1) ?? 0)} ms, concurrent ${Math.round(fullRefConcurrent.at(-1) ?? 0)} ms`);
+    if (!referenceFirst) await references(startUp, writes);
+    fullPairRatios.push(ms / (fullRef.at(-1) as number));
+    await dropNamespaces();
   }
   // The rest runs in the guest's own namespace with the cluster loaded.
   const exec = new RecordingExec();
@@ -198,14 +239,23 @@ async function main(): Promise<void> {
   await backend.settled();
   progress(`steady full sync ${Math.round(steadyMs)} ms`);
 
-  // One endpoint of service 17 turns not-ready (odd revision) and back (even revision).
+  // One endpoint of service 17 turns not-ready (odd revision) and back (even revision). The batch
+  // of each direction is always the same (weight 0 for the leaving endpoint, which the drain check
+  // then deletes; an add when it returns), recorded in the warm-up.
   const changeOurs: number[] = [];
   const changeRef: number[] = [];
+  const changePairRatios: number[] = [];
+  const changeOwnMs: number[] = [];
   const changeBatches: string[] = [];
+  const batchOf = new Map<number, { tool: string; stdin: string }[]>();
   // The first flip and back are warm-up (first runs of the partial path), not measured.
   for (let r = 1; r <= CHANGES + 2; r++) {
     const warmUp = r <= 2;
-    model.apply({ type: "upsert", kind: "EndpointSlice", object: sliceObject(spec, 17, r) });
+    // Half of the measured rounds of each direction run the reference first.
+    const referenceFirst = !warmUp && r % 4 >= 2;
+    // Revisions 1, 2, 11, 12, 21, …: the odd ones all flip the same endpoint (revision % 5).
+    const revision = 10 * Math.floor((r - 1) / 2) + (r % 2 === 1 ? 1 : 2);
+    model.apply({ type: "upsert", kind: "EndpointSlice", object: sliceObject(spec, 17, revision) });
     const changes = model.takeChanges();
     const snap = model.snapshot();
     const keys = new Set<string>();
@@ -214,20 +264,36 @@ async function main(): Promise<void> {
       if (sp) keys.add(`${sp.protocol === "UDP" ? "-u" : "-t"} ${sp.clusterIP}:${sp.port}`);
     }
     const before = await readServers(keys);
+    let refMs = 0;
+    if (referenceFirst) {
+      // The same batch on the same starting state, which is then put back.
+      refMs = await reference(batchOf.get(r % 2) ?? []);
+      await applyUntimed(diffIpvs(await readServers(keys), before));
+    }
     exec.writes.length = 0;
+    exec.commandMs = 0;
     const [ms] = await timed(() => backend.sync(snap, changes));
+    const ownMs = ms - exec.commandMs;
     const writes = [...exec.writes];
     await backend.checkDraining();
     await backend.settled();
-    const after = await readServers(keys);
-    if (warmUp) continue;
+    if (warmUp) {
+      batchOf.set(r % 2, writes);
+      continue;
+    }
+    if (!sameWrites(writes, batchOf.get(r % 2) ?? [])) throw new Error(`round ${r} wrote ${JSON.stringify(writes)}, not the recorded ${JSON.stringify(batchOf.get(r % 2))}`);
+    if (!referenceFirst) {
+      const after = await readServers(keys);
+      await applyUntimed(diffIpvs(after, before));
+      refMs = await reference(writes);
+      await applyUntimed(diffIpvs(await readServers(keys), after));
+    }
     changeOurs.push(ms);
-    changeBatches.push(writes.map((w) => `${w.tool}: ${w.stdin.trim()}`).join(" | "));
-    // The reference applies the same batch to the same starting state; the state is put back after.
-    await applyUntimed(diffIpvs(after, before));
-    changeRef.push(await reference(writes));
-    await applyUntimed(diffIpvs(await readServers(keys), after));
-    progress(`one endpoint: ${Math.round(ms)} ms, reference ${Math.round(changeRef.at(-1) ?? 0)} ms`);
+    changeRef.push(refMs);
+    changePairRatios.push(ms / refMs);
+    changeOwnMs.push(ownMs);
+    if (changeBatches.length < 2) changeBatches.push(writes.map((w) => `${w.tool}: ${w.stdin.trim()}`).join(" | "));
+    progress(`one endpoint: ${Math.round(ms)} ms (own ${ownMs.toFixed(1)} ms), reference ${Math.round(refMs)} ms${referenceFirst ? " (ran first)" : ""}`);
   }
 
   Bun.gc(true);
@@ -245,12 +311,15 @@ async function main(): Promise<void> {
         ratio: +(median(fullOurs) / median(fullRef)).toFixed(2),
         concurrentReferenceMs: f(median(fullRefConcurrent)),
         concurrentRatio: +(median(fullOurs) / median(fullRefConcurrent)).toFixed(2),
+        pairRatio: fullPairRatios.length > 0 ? +median(fullPairRatios).toFixed(2) : null,
         samples: { ours: fullOurs.map(f), reference: fullRef.map(f), concurrentReference: fullRefConcurrent.map(f) },
       },
       oneEndpoint: {
         oursMs: f(median(changeOurs)),
         referenceMs: f(median(changeRef)),
         ratio: +(median(changeOurs) / median(changeRef)).toFixed(2),
+        pairRatio: +median(changePairRatios).toFixed(2),
+        ownMs: +median(changeOwnMs).toFixed(1),
         samples: { ours: changeOurs.map(f), reference: changeRef.map(f) },
         batches: changeBatches.slice(0, 2),
       },

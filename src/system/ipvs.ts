@@ -332,11 +332,8 @@ export function parseIpvsTimeouts(text: string): IpvsTimeouts {
 }
 
 function sameSchedule(a: VirtualServer, b: VirtualServer): boolean {
-  return (
-    a.scheduler === b.scheduler &&
-    a.persistenceTimeout === b.persistenceTimeout &&
-    [...a.flags].sort().join(",") === [...b.flags].sort().join(",")
-  );
+  if (a.scheduler !== b.scheduler || a.persistenceTimeout !== b.persistenceTimeout || a.flags.length !== b.flags.length) return false;
+  return a.flags.length === 0 || [...a.flags].sort().join(",") === [...b.flags].sort().join(",");
 }
 
 /**

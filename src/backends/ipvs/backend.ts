@@ -118,6 +118,8 @@ export class IpvsBackend implements Backend {
   /** Virtual servers as the last sync wrote them (draining real servers included), by key. */
   private applied = new Map<string, VirtualServer>();
   private appliedRules = new Map<IPFamily, string>();
+  /** ruleCount() of appliedRules; cleared whenever appliedRules changes. */
+  private countedRules: { filter: number; nat: number } | undefined;
   private readonly iptables = new Map<IPFamily, Iptables>();
   private readonly conntrack: Conntrack;
   /** The snapshot the kernel reflects, for stale UDP flow cleanup. */
@@ -215,7 +217,7 @@ export class IpvsBackend implements Backend {
 
   sync(snapshot: Snapshot, changes: ChangeSet): Promise<SyncResult> {
     return this.exclusive(async () => {
-      const flavour = await this.start();
+      const flavour = this.started && this.flavour !== undefined ? this.flavour : await this.start();
       const partial = !changes.full && this.desired !== undefined && this.env !== undefined;
       // A partial sync looks at the changed service ports only (partialSync checks each), so its
       // cost does not grow with the cluster; a full sync screens the whole snapshot.
@@ -254,6 +256,17 @@ export class IpvsBackend implements Backend {
       }
       return result;
     });
+  }
+
+  /**
+   * servicePortProblem, remembered per service port object: an endpoint change leaves the
+   * service port as it was, so a one-endpoint sync does not screen it again.
+   */
+  private readonly problems = new WeakMap<ServicePort, { problem: string | undefined }>();
+  private problemOf(sp: ServicePort): string | undefined {
+    let known = this.problems.get(sp);
+    if (!known) this.problems.set(sp, (known = { problem: servicePortProblem(sp) }));
+    return known.problem;
   }
 
   /** Failures are logged, never thrown: the kernel's rules are right, only old flows linger. */
@@ -296,14 +309,25 @@ export class IpvsBackend implements Backend {
   }
 
   /**
-   * The kernel's virtual servers from one read of /proc/net/ip_vs (linear in the table; `ipvsadm
-   * -S -n` asks once per virtual server and took 46-50 s at 13,000 of them under emulation). The
-   * proc file shows no scheduler flags, so with `mh` (the one scheduler kproxy gives flags) the
-   * save is read instead.
+   * The kernel's virtual servers. `ipvsadm -S -n` asks the kernel once per virtual server (46-50 s
+   * at 13,000 of them under emulation); /proc/net/ip_vs lists them all in one read, but is not
+   * always complete: when other network namespaces hold virtual servers too, the kernel loses its
+   * place between reads and leaves some of ours out (seen with Debian's 6.1). So the proc file is
+   * used only when it holds every virtual server the last sync wrote, and the save otherwise: at
+   * the first sync (nothing to check against), with `mh` (the proc file shows no scheduler flags,
+   * and mh is the one scheduler kproxy gives flags), and whenever the proc file misses one.
    */
   private async readVirtualServers(): Promise<VirtualServer[]> {
-    if (this.options.scheduler === "mh") return this.ipvs.save();
-    return (await this.ipvs.table()).virtualServers;
+    if (this.options.scheduler === "mh" || this.applied.size === 0) return this.ipvs.save();
+    const { virtualServers } = await this.ipvs.table();
+    const listed = new Set(virtualServers.map(virtualServerKey));
+    for (const key of this.applied.keys()) {
+      if (!listed.has(key)) {
+        this.options.logger.debug(2, "The proc file misses a virtual server; reading ipvsadm -S", { virtualServer: key });
+        return this.ipvs.save();
+      }
+    }
+    return virtualServers;
   }
 
   /** Virtual servers of the kernel that kproxy manages (see the file comment). */
@@ -413,7 +437,7 @@ export class IpvsBackend implements Backend {
     const endpointsNow = new Map<string, number>();
     for (const key of changes.changed) {
       let sp = snapshot.services.get(key);
-      const problem = sp ? servicePortProblem(sp) : undefined;
+      const problem = sp ? this.problemOf(sp) : undefined;
       if (sp && problem !== undefined) {
         this.options.logger.warn("Skipping a service port that cannot be programmed", { servicePort: sp.servicePortName, protocol: sp.protocol, problem });
         sp = undefined;
@@ -487,7 +511,13 @@ export class IpvsBackend implements Backend {
     return this.result(desired, rules, true);
   }
 
+  /** Rules per table of what was written last, counted once per write (every sync reports it). */
   private ruleCount(): { filter: number; nat: number } {
+    this.countedRules ??= this.countRules();
+    return this.countedRules;
+  }
+
+  private countRules(): { filter: number; nat: number } {
     let filter = 0;
     let nat = 0;
     for (const text of this.appliedRules.values()) {
@@ -537,8 +567,10 @@ export class IpvsBackend implements Backend {
       } catch (err) {
         this.options.metrics.iptablesRestoreFailuresTotal.inc();
         this.appliedRules.delete(family);
+        this.countedRules = undefined;
         throw err;
       }
+      if (this.appliedRules.get(family) !== text) this.countedRules = undefined;
       this.appliedRules.set(family, text);
     }
     return this.ruleCount();

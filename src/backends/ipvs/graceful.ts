@@ -101,9 +101,12 @@ export class DrainingServers {
 
   /** Connection counts of the draining servers' virtual servers: one call each when few, else one read of the whole table. */
   private async connections(): Promise<Map<string, RealServerConnections[]>> {
-    if (this.byService.size > PER_SERVICE_QUERY_LIMIT) return this.ipvs.connections();
-    const result = new Map<string, RealServerConnections[]>();
-    for (const { vs } of this.byService.values()) for (const [k, v] of await this.ipvs.connections(vs)) result.set(k, v);
+    const result = this.byService.size > PER_SERVICE_QUERY_LIMIT ? await this.ipvs.connections() : new Map<string, RealServerConnections[]>();
+    // Also asked one by one: those the proc file left out (it can, when other namespaces have
+    // virtual servers), so a server that still drains is never taken for gone.
+    for (const [key, { vs }] of this.byService) {
+      if (!result.has(key)) for (const [k, v] of await this.ipvs.connections(vs)) result.set(k, v);
+    }
     return result;
   }
 

@@ -226,6 +226,21 @@ describe("IpvsBackend", () => {
     await b.close();
   });
 
+  test("a proc file that misses a virtual server the last sync wrote is not trusted: the full sync reads ipvsadm -S", async () => {
+    const kernel = new FakeKernel();
+    const { backend: b } = backend(kernel);
+    const state = cluster([[web, eps("10.1.0.1")], [dns, eps("10.1.0.1")]]);
+    await b.sync(state, full);
+    kernel.procHides.add("udp 10.96.0.53:53");
+    kernel.clearCalls();
+    await b.sync(state, full);
+    expect(kernel.callsOf("cat")).toHaveLength(1);
+    expect(kernel.callsOf("ipvsadm", "-S")).toHaveLength(1);
+    // the service the proc file left out is neither added again nor lost
+    expect(kernel.callsOf("ipvsadm", "-R")).toEqual([]);
+    await b.close();
+  });
+
   test("with the mh scheduler, whose flags the proc file does not show, a full sync reads ipvsadm -S", async () => {
     const kernel = new FakeKernel();
     const { backend: b } = backend(kernel, { scheduler: "mh" });

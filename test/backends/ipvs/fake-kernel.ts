@@ -59,6 +59,8 @@ export class FakeKernel implements Exec {
   readonly chains = new Set<string>();
   readonly restores: string[] = [];
   timeouts = "";
+  /** Virtual servers (keys) /proc/net/ip_vs leaves out, as the kernel does when other namespaces have some. */
+  readonly procHides = new Set<string>();
   /** Make the next `ipvsadm -R` fail at its first line. */
   failNextIpvsBatch = false;
 
@@ -207,7 +209,8 @@ export class FakeKernel implements Exec {
       return `${bytes.join("")}:${port}`;
     };
     const lines = ["IP Virtual Server version 1.2.1 (size=4096)", "Prot LocalAddress:Port Scheduler Flags", "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn"];
-    for (const svc of this.services.values()) {
+    for (const [key, svc] of this.services) {
+      if (this.procHides.has(key)) continue;
       lines.push(`${svc.protocol.toUpperCase().padEnd(4)} ${hex(svc.service)} ${svc.scheduler} ${svc.persistence ? `persistent ${svc.persistence * HZ} FFFFFFFF` : ""}`);
       for (const [id, rs] of svc.reals) lines.push(`  -> ${hex(id)}      Masq    ${String(rs.weight).padEnd(6)} ${String(rs.active).padEnd(10)} ${String(rs.inactive).padEnd(10)}`);
     }
