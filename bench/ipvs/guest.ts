@@ -25,7 +25,7 @@ import { ProxyModel } from "../../src/model/tracker.ts";
 import type { ChangeSet, Snapshot } from "../../src/model/types.ts";
 import { realClock } from "../../src/system/clock.ts";
 import { bunExec, type Exec, runChecked } from "../../src/system/exec.ts";
-import { diffIpvs, parseHostPort, type VirtualServer } from "../../src/system/ipvs.ts";
+import { diffIpvs, parseHostPort, type StartedCommand, type StreamingExec, streamingExec, type VirtualServer } from "../../src/system/ipvs.ts";
 import { procSysctl } from "../../src/system/sysctl.ts";
 import { type ClusterSpec, serviceObject, sliceObject } from "../fixtures/cluster.ts";
 
@@ -41,10 +41,32 @@ const NODE = "bench-node";
  * Records what went to ipvsadm -R and ipset restore, so the reference applies the same bytes, and
  * how long commands ran (kproxy's own time is a sync's time minus that).
  */
-class RecordingExec implements Exec {
+class RecordingExec implements StreamingExec {
   readonly writes: { tool: string; stdin: string }[] = [];
   commandMs = 0;
+  /** Commands started first and fed later (kproxy's partial syncs), as the real binary runs them; only in the guest's own namespace. */
+  private readonly streaming = streamingExec(bunExec);
   constructor(private readonly inner: Exec = bunExec) {}
+  start(argv: readonly string[], options?: { readonly timeoutMs?: number }): StartedCommand {
+    if (this.inner !== bunExec) throw new Error("streaming only in the guest's own namespace");
+    const t = performance.now();
+    const started = this.streaming.start(argv, options);
+    let stdin = "";
+    return {
+      write: (text) => {
+        stdin += text;
+        started.write(text);
+      },
+      finish: async () => {
+        if (stdin !== "") this.writes.push({ tool: argv[0] ?? "", stdin });
+        try {
+          return await started.finish();
+        } finally {
+          this.commandMs += performance.now() - t;
+        }
+      },
+    };
+  }
   async run(argv: readonly string[], options?: Parameters<Exec["run"]>[1]) {
     const tool = argv[0] ?? "";
     if ((tool === "ipvsadm" && argv[1] === "-R") || (tool === "ipset" && argv[1] === "restore")) {

@@ -1,4 +1,4 @@
-import { type Exec, ExecError, runChecked } from "./exec.ts";
+import { bunExec, type Exec, ExecError, type ExecResult, runChecked } from "./exec.ts";
 
 /**
  * IPVS through `ipvsadm`: read the kernel's virtual servers with `ipvsadm -S -n`, write changes as
@@ -377,6 +377,70 @@ export function diffIpvs(current: readonly VirtualServer[], wanted: readonly Vir
   return [...adds, ...edits, ...deletes];
 }
 
+/** A command started before its input is known; its stdin is written and closed later. */
+export interface StartedCommand {
+  write(text: string): void;
+  /** Closes stdin and waits for the command to exit. */
+  finish(): Promise<ExecResult>;
+}
+
+/** An Exec that can also start a command first and feed it afterwards. */
+export interface StreamingExec extends Exec {
+  start(argv: readonly string[], options?: { readonly timeoutMs?: number }): StartedCommand;
+}
+
+export function canStream(exec: Exec): exec is StreamingExec {
+  return typeof (exec as Partial<StreamingExec>).start === "function";
+}
+
+/**
+ * `exec` (bunExec by default) plus `start()` on Bun.spawn with a piped stdin. `start()` always
+ * spawns in this process's own namespaces, so wrap only an Exec that does the same.
+ */
+export function streamingExec(exec: Exec = bunExec): StreamingExec {
+  return {
+    run: (argv, options) => exec.run(argv, options),
+    start(argv, options = {}) {
+      let child: ReturnType<typeof Bun.spawn<"pipe", "pipe", "pipe">>;
+      try {
+        child = Bun.spawn([...argv], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+      } catch (err) {
+        const failed: ExecResult = { code: 127, stdout: "", stderr: `${argv[0]}: ${(err as Error).message}`, timedOut: false };
+        return { write: () => {}, finish: async () => failed };
+      }
+      let timedOut = false;
+      const timer = setTimeout(() => {
+        timedOut = true;
+        child.kill("SIGKILL");
+      }, options.timeoutMs ?? 60_000);
+      const done = Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited])
+        .then(([stdout, stderr, code]): ExecResult => ({ code, stdout, stderr, timedOut }))
+        .finally(() => clearTimeout(timer));
+      done.catch(() => {});
+      return {
+        write: (text) => {
+          // A child that already died (a bad first line) has closed its end; its exit says why.
+          try {
+            child.stdin.write(text);
+          } catch {}
+        },
+        finish: async () => {
+          try {
+            await child.stdin.end();
+          } catch {}
+          return done;
+        },
+      };
+    },
+  };
+}
+
+/** An `ipvsadm -R` under way whose batch comes later (see Ipvsadm.startBatch). */
+export interface PendingIpvsBatch {
+  /** Sends the batch and waits for it; an empty batch just lets the tool go. Call once. */
+  apply(batch: string | readonly string[]): Promise<void>;
+}
+
 /** ipvsadm through an Exec. */
 export class Ipvsadm {
   constructor(
@@ -458,6 +522,31 @@ export class Ipvsadm {
     const text = typeof batch === "string" ? batch : batch.join("\n");
     if (text.trim() === "") return;
     await runChecked(this.exec, [this.binary, "-R"], { stdin: text.endsWith("\n") ? text : `${text}\n`, timeoutMs: 300_000 });
+  }
+
+  /**
+   * Starts `ipvsadm -R` before the batch is known, when the Exec can stream: the tool's start-up
+   * (tens of milliseconds: loading, netlink set-up) then overlaps the planning of the batch,
+   * and a small change costs little more than the kernel's own work. Otherwise `apply` is
+   * `applyBatch`.
+   */
+  startBatch(): PendingIpvsBatch {
+    if (!canStream(this.exec)) return { apply: (batch) => this.applyBatch(batch) };
+    const argv = [this.binary, "-R"];
+    const started = this.exec.start(argv, { timeoutMs: 300_000 });
+    return {
+      apply: async (batch) => {
+        const text = typeof batch === "string" ? batch : batch.join("\n");
+        if (text.trim() === "") {
+          // Nothing to send: the tool reads end of input and exits; nobody waits for it.
+          void started.finish().catch(() => {});
+          return;
+        }
+        started.write(text.endsWith("\n") ? text : `${text}\n`);
+        const result = await started.finish();
+        if (result.code !== 0 || result.timedOut) throw new ExecError(argv, result);
+      },
+    };
   }
 
   /** `ipvsadm --set tcp tcpfin udp`; a 0 leaves that timeout as it is. Skipped when all are 0. */

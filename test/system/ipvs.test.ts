@@ -10,6 +10,9 @@ import {
   parseIpvsStats,
   parseIpvsTimeouts,
   parseProcIpvs,
+  type StartedCommand,
+  type StreamingExec,
+  streamingExec,
   type VirtualServer,
   virtualServerKey,
 } from "../../src/system/ipvs.ts";
@@ -359,6 +362,66 @@ describe("Ipvsadm", () => {
 // this module and reports what it saw.
 const guest = await guestAvailable();
 const guestTest = needs(guest.ok, guest.ok ? "" : guest.reason);
+
+/** A streaming fake: remembers what each started command was fed and when it was finished. */
+class FakeStreamingExec extends RecordingExec implements StreamingExec {
+  readonly started: { argv: readonly string[]; stdin: string; finished: boolean }[] = [];
+  constructor(private readonly exitCode = 0) {
+    super();
+  }
+  start(argv: readonly string[]): StartedCommand {
+    const entry = { argv, stdin: "", finished: false };
+    this.started.push(entry);
+    return {
+      write: (text) => {
+        entry.stdin += text;
+      },
+      finish: async () => {
+        entry.finished = true;
+        return { code: this.exitCode, stdout: "", stderr: this.exitCode ? "Service not defined\n" : "", timedOut: false };
+      },
+    };
+  }
+}
+
+describe("Ipvsadm.startBatch", () => {
+  test("starts ipvsadm -R at once and feeds it the batch later", async () => {
+    const exec = new FakeStreamingExec();
+    const pending = new Ipvsadm(exec).startBatch();
+    expect(exec.started).toEqual([{ argv: ["ipvsadm", "-R"], stdin: "", finished: false }]);
+    await pending.apply(["-e -t 10.96.0.1:443 -r 10.244.1.5:6443 -m -w 0"]);
+    expect(exec.started[0]).toEqual({ argv: ["ipvsadm", "-R"], stdin: "-e -t 10.96.0.1:443 -r 10.244.1.5:6443 -m -w 0\n", finished: true });
+    expect(exec.calls).toEqual([]);
+  });
+
+  test("an empty batch lets the tool go without input; a refused one throws", async () => {
+    const exec = new FakeStreamingExec();
+    await new Ipvsadm(exec).startBatch().apply([]);
+    expect(exec.started).toEqual([{ argv: ["ipvsadm", "-R"], stdin: "", finished: true }]);
+    await expect(new Ipvsadm(new FakeStreamingExec(255)).startBatch().apply("-d -t 10.96.0.9:80 -r 10.1.1.1:80")).rejects.toThrow(/Service not defined/);
+  });
+
+  test("without a streaming Exec it is applyBatch", async () => {
+    const exec = new RecordingExec();
+    const pending = new Ipvsadm(exec).startBatch();
+    expect(exec.calls).toEqual([]);
+    await pending.apply(["-D -t 10.96.0.1:443"]);
+    expect(exec.calls.map((c) => [c.argv.join(" "), c.options?.stdin])).toEqual([["ipvsadm -R", "-D -t 10.96.0.1:443\n"]]);
+  });
+});
+
+describe("streamingExec", () => {
+  test("a started command gets what is written and reports its output and exit", async () => {
+    const exec = streamingExec();
+    const cat = exec.start(["cat"]);
+    cat.write("one\n");
+    cat.write("two\n");
+    expect(await cat.finish()).toEqual({ code: 0, stdout: "one\ntwo\n", stderr: "", timedOut: false });
+    const failing = exec.start(["sh", "-c", "echo no >&2; exit 3"]);
+    expect(await failing.finish()).toMatchObject({ code: 3, stderr: "no\n" });
+    expect((await exec.start(["/nonexistent/ipvsadm"]).finish()).code).toBe(127);
+  });
+});
 
 describe("in a guest kernel with IPVS", () => {
   guestTest(

@@ -27,7 +27,7 @@ import { type Clock, realClock } from "../../system/clock.ts";
 import { bunExec, type Exec } from "../../system/exec.ts";
 import { diffIpsets, type Ipset, IpsetTool, ipsetLine } from "../../system/ipset.ts";
 import { detectIptablesFlavour, Iptables, type IptablesFlavour } from "../../system/iptables.ts";
-import { diffIpvs, Ipvsadm, type IpvsTimeouts, type VirtualServer, virtualServerKey } from "../../system/ipvs.ts";
+import { diffIpvs, Ipvsadm, type IpvsTimeouts, streamingExec, type VirtualServer, virtualServerKey } from "../../system/ipvs.ts";
 import { ensureSysctl, procSysctl, type Sysctl } from "../../system/sysctl.ts";
 import type { Backend, SyncResult } from "../backend.ts";
 import { healthCheckState, type ServiceHealthPorts, servicePortProblem, SnapshotGuard } from "../iptables/backend.ts";
@@ -430,6 +430,27 @@ export class IpvsBackend implements Backend {
   }
 
   private async partialSync(snapshot: Snapshot, changes: ChangeSet, flavour: IptablesFlavour, whileApplying: () => void): Promise<SyncResult> {
+    // Nearly every partial sync changes a virtual server: ipvsadm starts now and takes the batch
+    // once it is planned.
+    const ipvsBatch = this.ipvs.startBatch();
+    let sent = false;
+    try {
+      return await this.planAndApply(snapshot, changes, flavour, whileApplying, (batch) => {
+        sent = true;
+        return ipvsBatch.apply(batch);
+      });
+    } finally {
+      if (!sent) void ipvsBatch.apply([]);
+    }
+  }
+
+  private async planAndApply(
+    snapshot: Snapshot,
+    changes: ChangeSet,
+    flavour: IptablesFlavour,
+    whileApplying: () => void,
+    applyIpvs: (batch: readonly string[]) => Promise<void>,
+  ): Promise<SyncResult> {
     const desired = this.desired as DesiredState;
     const env = { ...(this.env as IpvsPlanEnv), node: snapshot.node, nodeIPs: snapshot.node.addresses };
     let delta: DesiredDelta | undefined;
@@ -488,7 +509,7 @@ export class IpvsBackend implements Backend {
 
     // The kernel's part starts now; kproxy's own bookkeeping is done while it runs and only
     // committed once it succeeded.
-    const applying = Promise.all([this.ipvs.applyBatch(batch), this.ipset.restore(setLines), changeAddresses(this.options.exec, delta.addedAddresses, delta.removedAddresses)]);
+    const applying = Promise.all([applyIpvs(batch), this.ipset.restore(setLines), changeAddresses(this.options.exec, delta.addedAddresses, delta.removedAddresses)]);
     applying.catch(() => {});
     const rulesChanged = desired.rulesChanged(delta);
     whileApplying();
@@ -671,7 +692,7 @@ const seconds = (ms: number) => Math.floor(ms / 1000);
 
 /** The ipvs backend a configuration asks for. */
 export function ipvsBackendFromConfig(config: Config, deps: IpvsBackendDeps): IpvsBackend {
-  const exec = deps.exec ?? bunExec;
+  const exec = deps.exec ?? streamingExec(bunExec);
   const logger = deps.logger;
   const sysctl = deps.sysctl ?? procSysctl();
   return new IpvsBackend({

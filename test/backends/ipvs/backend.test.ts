@@ -9,6 +9,7 @@ import { cleanupIpvs } from "../../../src/backends/ipvs/cleanup.ts";
 import { createLogger } from "../../../src/log.ts";
 import { createMetrics } from "../../../src/metrics.ts";
 import type { ChangeSet, Endpoint, ServicePort, Snapshot } from "../../../src/model/types.ts";
+import type { StartedCommand, StreamingExec } from "../../../src/system/ipvs.ts";
 import type { Sysctl } from "../../../src/system/sysctl.ts";
 import { FakeClock } from "../../helpers/fake-clock.ts";
 import { Child } from "../../helpers/process.ts";
@@ -17,6 +18,24 @@ import { endpoint, servicePort, snapshot, testNode } from "../iptables/helpers.t
 import { FakeKernel } from "./fake-kernel.ts";
 
 const logger = createLogger({ write: () => {} });
+
+/** The fake kernel behind a streaming Exec: a started `ipvsadm -R` applies its input when finished. */
+class StreamingKernel extends FakeKernel implements StreamingExec {
+  /** The input each started command got. */
+  readonly started: string[] = [];
+  start(argv: readonly string[]): StartedCommand {
+    let stdin = "";
+    return {
+      write: (text) => {
+        stdin += text;
+      },
+      finish: async () => {
+        this.started.push(stdin);
+        return this.run(argv, { stdin });
+      },
+    };
+  }
+}
 
 function fakeSysctl(): Sysctl & { values: Map<string, string> } {
   const values = new Map<string, string>();
@@ -267,6 +286,21 @@ describe("IpvsBackend", () => {
     expect(kernel.callsOf("conntrack").map((c) => [c.argv.join(" "), c.stdin])).toEqual([
       ["conntrack -R -", "-D --orig-dst 10.96.0.53 --dst-nat 10.1.0.2 -p udp\n-D --orig-dst 10.96.0.54 --dst-nat 10.1.0.2 -p udp\n"],
     ]);
+    await b.close();
+  });
+
+  test("with a streaming Exec a partial sync starts ipvsadm before planning and feeds it the batch", async () => {
+    const kernel = new StreamingKernel();
+    const { backend: b } = backend(kernel);
+    await b.sync(cluster([[web, eps("10.1.0.1", "10.1.0.2")], [dns, eps("10.1.0.1")]]), full);
+    kernel.clearCalls();
+    await b.sync(cluster([[web, eps("10.1.0.1", "10.1.0.2", "10.1.0.3")], [dns, eps("10.1.0.1")]]), partial(web.key));
+    expect(kernel.started).toEqual(["-a -t 10.96.0.10:80 -r 10.1.0.3:8080 -m -w 1\n-a -t 192.168.0.2:30080 -r 10.1.0.3:8080 -m -w 1\n"]);
+    expect(kernel.real("tcp 10.96.0.10:80", "10.1.0.3:8080")?.weight).toBe(1);
+    // a change that leaves the virtual servers alone lets the started tool go without input
+    kernel.started.length = 0;
+    await b.sync(cluster([[web, eps("10.1.0.1", "10.1.0.2", "10.1.0.3")], [dns, eps("10.1.0.1")]]), partial(web.key));
+    expect(kernel.started).toEqual([""]);
     await b.close();
   });
 
