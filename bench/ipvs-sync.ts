@@ -3,7 +3,7 @@
  * memory with a large cluster loaded, measured inside the IPVS guest (this machine's kernel has no
  * IPVS; see test/e2e/vm/README.md). The guest side is bench/ipvs/guest.ts; this prints its table.
  *
- *   bun bench/ipvs-sync.ts [services] [rounds] [all|partial]
+ *   bun bench/ipvs-sync.ts [services] [rounds] [all|full|partial]
  */
 import { join } from "node:path";
 import { guestAvailable, runInGuest } from "../test/e2e/vm/run.ts";
@@ -30,18 +30,19 @@ if (run.code !== 0) {
 }
 const r = JSON.parse(run.stdout.trim().split("\n").at(-1) ?? "{}");
 const row = (name: string, ours: number, ref: number, ratio: number) => `${name.padEnd(34)} ${`${ours} ms`.padStart(10)} ${`${ref} ms`.padStart(10)} ${`${ratio}x`.padStart(7)}`;
-console.log(`ipvs sync, ${r.services} services (${r.servicePorts} service ports, ${r.virtualServers} virtual servers), guest under software emulation`);
+console.log(`ipvs sync, ${r.services} services (${r.servicePorts} service ports${r.virtualServers ? `, ${r.virtualServers} virtual servers` : ""}), guest under software emulation`);
 console.log(`${"".padEnd(34)} ${"kproxy".padStart(10)} ${"bare".padStart(10)} ${"ratio".padStart(7)}`);
 if (r.full.samples.ours.length > 0) {
   console.log(row(`full sync (${r.batchLines.ipvs} ipvsadm + ${r.batchLines.ipset} ipset lines)`, r.full.oursMs, r.full.referenceMs, r.full.ratio));
   console.log(row("  vs both tools run concurrently", r.full.oursMs, r.full.concurrentReferenceMs, r.full.concurrentRatio));
+  console.log(`median of per-round full-sync ratios: ${r.full.pairRatio}x`);
 }
-console.log(row("one endpoint changed (partial)", r.oneEndpoint.oursMs, r.oneEndpoint.referenceMs, r.oneEndpoint.ratio));
-console.log(
-  `median of per-round ratios: ${r.full.pairRatio === null ? "" : `full sync ${r.full.pairRatio}x, `}one endpoint ${r.oneEndpoint.pairRatio}x; kproxy's own time in a one-endpoint sync (besides the commands it runs): ${r.oneEndpoint.ownMs} ms`,
-);
-if (r.steadyFullSyncMs !== null) console.log(`periodic full sync, nothing to change: ${r.steadyFullSyncMs} ms`);
-console.log(`resident memory with the cluster loaded: ${r.rssMiB} MiB (heap ${r.heapUsedMiB} MiB)`);
-console.log(`samples: ${JSON.stringify({ full: r.full.samples, oneEndpoint: r.oneEndpoint.samples })}`);
-console.log(`one-endpoint batches: ${JSON.stringify(r.oneEndpoint.batches)}`);
+if (r.oneEndpoint) {
+  console.log(row("one endpoint changed (partial)", r.oneEndpoint.oursMs, r.oneEndpoint.referenceMs, r.oneEndpoint.ratio));
+  console.log(`median of per-round one-endpoint ratios: ${r.oneEndpoint.pairRatio}x; kproxy's own time in a one-endpoint sync (besides the commands it runs): ${r.oneEndpoint.ownMs} ms`);
+  if (r.steadyFullSyncMs !== null) console.log(`periodic full sync, nothing to change: ${r.steadyFullSyncMs} ms`);
+  console.log(`resident memory with the cluster loaded: ${r.rssMiB} MiB (heap ${r.heapUsedMiB} MiB)`);
+  console.log(`one-endpoint batches: ${JSON.stringify(r.oneEndpoint.batches)}`);
+}
+console.log(`samples: ${JSON.stringify({ full: r.full.samples, oneEndpoint: r.oneEndpoint?.samples })}`);
 console.log(`guest boot ${run.bootMs} ms, whole run ${Math.round(run.durationMs / 1000)} s`);
