@@ -230,8 +230,15 @@ class EpollLoop {
       const token = view.getUint32(base + o + 4, true);
       const owner = this.owners[fd];
       if (owner === undefined || owner.token !== token) continue;
-      if (owner instanceof Side) onEvent(owner, ev);
-      else owner.relay.acceptAll(owner.fd);
+      try {
+        if (owner instanceof Side) onEvent(owner, ev);
+        else owner.relay.acceptAll(owner.fd);
+      } catch (err) {
+        // A fault in one connection's handling cuts that connection, not the thread and all it relays.
+        const relay = owner instanceof Side ? owner.conn.relay : owner.relay;
+        relay.logger?.error("relay event failed", { service: relay.serviceKey, err });
+        if (owner instanceof Side) closeConn(owner.conn, true);
+      }
     }
     if (this.dialQueues.length > 0) this.expireDials();
   }

@@ -27,7 +27,9 @@ export type WorkerRequest =
       readonly counters: SharedArrayBuffer;
       readonly slot: number;
     }
-  | { readonly op: "close"; readonly id: number; readonly serviceKey: string; readonly closeActive: boolean };
+  | { readonly op: "close"; readonly id: number; readonly serviceKey: string; readonly closeActive: boolean }
+  /** Close every listener and connection of the thread (before it is stopped: raw sockets outlive it). */
+  | { readonly op: "closeAll"; readonly id: number };
 
 /** Answers to `listen`, `close` and `affinityRecords`. */
 export type WorkerReply = { readonly id: number; readonly port?: number; readonly count?: number; readonly error?: string };

@@ -56,6 +56,13 @@ self.onmessage = async (event: MessageEvent<WorkerRequest>) => {
         reply({ id: m.id, error: err instanceof Error ? err.message : String(err) });
       }
       return;
+    case "closeAll": {
+      const all = [...relays.values()];
+      relays.clear();
+      await Promise.all(all.map((r) => r.close({ closeActive: true })));
+      reply({ id: m.id });
+      return;
+    }
     case "close": {
       const relay = relays.get(m.serviceKey);
       relays.delete(m.serviceKey);

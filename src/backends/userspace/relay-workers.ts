@@ -161,6 +161,16 @@ export class TcpRelayWorkers {
   /** Stops every thread (and with them their listeners and connections). */
   async close(): Promise<void> {
     if (this.closed) return;
+    // The epoll relay's sockets are the process's, not the thread's: a stopped thread would leave its
+    // listeners open (and taking their share of new connections). Each thread closes its own first.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      Promise.all(this.workers.map((w) => this.request(w, (id) => ({ op: "closeAll", id })))),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, CLOSE_ALL_TIMEOUT_MS);
+      }),
+    ]);
+    clearTimeout(timer);
     this.closed = true;
     for (const w of this.workers) w.terminate();
     for (const p of this.pending.values()) p.resolve({ id: 0, error: "relay threads stopped" });
@@ -182,6 +192,9 @@ export class TcpRelayWorkers {
     });
   }
 }
+
+/** How long stopping waits for the threads to close their sockets before stopping them anyway. */
+const CLOSE_ALL_TIMEOUT_MS = 2000;
 
 /**
  * Where the worker entry lives. In the compiled binary every entry point sits under Bun's virtual

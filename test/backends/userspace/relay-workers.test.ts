@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { memoryLogger } from "../../../src/log.ts";
 import { TcpRelayWorkers } from "../../../src/backends/userspace/relay-workers.ts";
-import { closedPort, connect, eventually, fetchName, HOST, nameServer, readAll, startBackend } from "./helpers.ts";
+import { closedPort, connect, echo, eventually, fetchName, HOST, nameServer, readAll, startBackend } from "./helpers.ts";
 
 const cleanups: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
@@ -70,6 +70,23 @@ describe("TCP relay threads", () => {
     await ended;
     await expect(connect(relay.port)).rejects.toThrow();
     await eventually("backend side closed", () => echoBackend.open() === 0);
+  });
+
+  test("stopping the pool closes every thread's listener and connections (raw sockets outlive threads)", async () => {
+    const a = await startBackend(echo);
+    cleanups.push(() => a.close());
+    const pool = TcpRelayWorkers.start({ threads: 2 });
+    pool.update("svc", [a.endpoint]);
+    const relay = await pool.listen({ serviceKey: "svc", host: HOST, port: 0 });
+    const c = await connect(relay.port);
+    const closed = new Promise<void>((resolve) => c.on("close", () => resolve()));
+    c.on("error", () => {});
+    c.write("x");
+    await eventually("relayed", () => c.bytesRead === 1);
+    await pool.close();
+    await closed;
+    await expect(connect(relay.port)).rejects.toThrow();
+    await eventually("backend side closed", () => a.open() === 0);
   });
 
   test("a port already taken by someone else fails to listen", async () => {
