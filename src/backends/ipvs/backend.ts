@@ -1,14 +1,17 @@
 /**
- * The ipvs mode, applied. A full sync reads what the kernel holds (`ipvsadm -S -n`, `ipset save`,
- * `ip -j addr show`), plans the whole snapshot and writes only the difference: one `ipset restore`,
- * one `ipvsadm -R`, one `ip -batch` for kube-ipvs0's addresses and one `iptables-restore --noflush`
- * of the companion chains per family, plus the jumps into them ensured with -C/-I. A partial sync
- * re-plans only the changed service ports and diffs them against what the last sync wrote, so a
- * one-endpoint change costs one short batch.
+ * The ipvs mode, applied. A full sync reads what the kernel holds (the virtual servers from
+ * /proc/net/ip_vs when it is complete, else `ipvsadm -S -n`; `ipset save`; `ip -j addr show`),
+ * plans the whole snapshot and writes only the difference: one `ipvsadm -R` (started first: it is
+ * most of a large sync), one `ipset restore` and one `ip -batch` for kube-ipvs0's addresses, all
+ * at once, and one `iptables-restore --noflush` of the companion chains per family, plus the
+ * jumps into them ensured with -C/-I. A partial sync re-plans only the changed service ports and
+ * diffs them against what the last sync wrote (nothing is read back), so a one-endpoint change
+ * costs one short batch; its `ipvsadm -R` is started before the planning and fed afterwards.
  *
- * Neither `ipvsadm -R` nor `ipset restore` is atomic (each stops at its first bad line), so the
- * order matters: set members before the rules that match them, virtual servers before their
- * addresses go up, deletions last. After any failure the next sync is full and re-reads the kernel.
+ * Neither `ipvsadm -R` nor `ipset restore` is atomic (each stops at its first bad line), and each
+ * batch lists additions before deletions. The companion rules wait for the set batch when it
+ * creates or destroys a set they name. After any failure the next sync is full and re-reads the
+ * kernel.
  *
  * Ownership: the virtual servers kproxy manages are those on kube-ipvs0's addresses, those whose
  * address and port are members of kproxy's sets (ClusterIPs, external and LB IPs), and NodePorts
@@ -383,6 +386,10 @@ export class IpvsBackend implements Backend {
       for (const rs of drained) drainedNow.push([vs, rs]);
     }
     const batch = diffIpvs(owned, writes);
+    // The virtual servers are the longest batch by far (most of a large sync): they start before
+    // the rest is worked out. Sets, virtual servers and addresses are independent of each other.
+    const ipvsApplied = this.ipvs.applyBatch(batch);
+    ipvsApplied.catch(() => {});
     const sets = diffIpsets(kernel.ipsets, wantedIpsets(desired), { owned: isOwnedSet });
     const bound = desired.boundAddresses();
     const boundSet = new Set(bound);
@@ -390,13 +397,11 @@ export class IpvsBackend implements Backend {
     const addAddresses = bound.filter((ip) => !dummy.has(ip));
     const removeAddresses = kernel.addresses.dummy.filter((ip) => !boundSet.has(ip));
 
-    // Sets, virtual servers and addresses are independent of each other. The rules match sets by
-    // name, so they wait for the set batch when it creates a set they use or destroys one (a
-    // set still referenced cannot be destroyed); otherwise all four run at once.
+    const restores = Promise.all([ipvsApplied, this.ipset.restore(sets), changeAddresses(this.options.exec, addAddresses, removeAddresses)]);
+    // The rules match sets by name, so they wait for the set batch when it creates a set they use
+    // or destroys one (a set still referenced cannot be destroyed); otherwise all run at once.
     const existing = new Set(kernel.ipsets.map((set) => set.name));
     const rulesFirstNeedSets = /^(create|destroy) /m.test(sets) || ![...desired.families].every((family) => referencedSets(this.rulesText(desired, family, snapshot)).every((name) => existing.has(name)));
-    // The longest batch (virtual servers) starts first.
-    const restores = Promise.all([this.ipvs.applyBatch(batch), this.ipset.restore(sets), changeAddresses(this.options.exec, addAddresses, removeAddresses)]);
     restores.catch(() => {});
     whileApplying();
     let rules: { filter: number; nat: number };
