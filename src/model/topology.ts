@@ -78,6 +78,11 @@ function availableForTopology(ep: Endpoint, mode: TopologyMode, nodeName: string
   }
 }
 
+function allReady(endpoints: readonly Endpoint[]): boolean {
+  for (let i = 0; i < endpoints.length; i++) if (!(endpoints[i] as Endpoint).ready) return false;
+  return true;
+}
+
 export function categorizeEndpoints(
   port: ServicePort,
   endpoints: readonly Endpoint[],
@@ -96,7 +101,11 @@ export function categorizeEndpoints(
   const usesCluster = usesClusterEndpoints(port);
   if (usesCluster) {
     mode = topologyModeFromHints(endpoints, node.name, node.zone, options.preferSameNode ?? true);
-    clusterEndpoints = endpoints.filter((ep) => ep.ready && availableForTopology(ep, mode, node.name, node.zone));
+    // Usually every endpoint is ready and no topology applies: the list is then its own selection.
+    clusterEndpoints =
+      mode === "" && allReady(endpoints)
+        ? endpoints
+        : endpoints.filter((ep) => ep.ready && availableForTopology(ep, mode, node.name, node.zone));
     // Topology was already ignored when no ready endpoint matched it, so an empty list here means
     // no ready endpoint exists anywhere.
     if (clusterEndpoints.length === 0) clusterEndpoints = endpoints.filter((ep) => ep.serving && ep.terminating);
