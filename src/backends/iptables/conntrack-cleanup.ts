@@ -91,8 +91,19 @@ export function staleConntrackOps(
   return [...ops.values()];
 }
 
-/** Runs the deletions; failures are logged (the rules are right, only old flows linger), never thrown. */
+/**
+ * Runs the deletions, all in one `conntrack -R` (a large sync asks for hundreds, and a process each
+ * took seconds); if that fails, one by one, so that one bad deletion does not keep the others from
+ * running. Failures are logged (the rules are right, only old flows linger), never thrown.
+ */
 export async function clearStaleConntrack(conntrack: Conntrack, ops: readonly ConntrackOp[], logger: Logger): Promise<number> {
+  if (ops.length === 0) return 0;
+  try {
+    await conntrack.deleteAll(ops);
+    return 0;
+  } catch (err) {
+    logger.debug(2, "Batched conntrack deletion failed; deleting one by one", { err, deletions: ops.length });
+  }
   let failures = 0;
   for (const op of ops) {
     try {

@@ -24,6 +24,8 @@ class FakeIptables implements Exec {
   failRestores = 0;
   /** Binaries (e.g. "ip6tables-legacy") that fail as on a node without IPv6 in the kernel. */
   readonly broken = new Set<string>();
+  /** `conntrack -R` succeeds (otherwise it fails, as an old conntrack would, and each deletion runs alone). */
+  conntrackBatches = true;
   /** What `iptables --version` prints; unset: the command fails. */
   version: string | undefined;
 
@@ -65,7 +67,14 @@ class FakeIptables implements Exec {
       return { code: 3, stdout: "", stderr: `${base}: can't initialize ip6tables table \`nat': Table does not exist`, timedOut: false };
     }
     if (argv[1] === "--version") return this.version === undefined ? fail("unknown option") : ok(this.version);
-    if (bin.startsWith("conntrack")) return fail("conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted.");
+    if (bin.startsWith("conntrack")) {
+      // `conntrack -R -` runs one command per stdin line; each is recorded as if run on its own.
+      if (argv[1] === "-R") {
+        for (const line of (stdin ?? "").split("\n")) if (line !== "") this.calls.push({ argv: ["conntrack", ...line.split(" ")] });
+        return this.conntrackBatches ? ok() : fail("conntrack v1.4.7 (conntrack-tools): -R is not supported here");
+      }
+      return fail("conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted.");
+    }
     if (bin.endsWith("-save")) {
       const tableName = argv[argv.indexOf("-t") + 1] ?? "filter";
       const lines = [`*${tableName}`];
@@ -458,8 +467,10 @@ describe("IptablesBackend", () => {
     await backend.sync(world([[dns, []]]), full);
     exec.clear();
     await backend.sync(world([[dns, [endpoint("10.244.1.10", 5353), endpoint("10.244.1.11", 5353)]]]), partialOf(dns.key));
-    const cleared = () => exec.calls.filter((c) => c.argv[0] === "conntrack").map((c) => c.argv.slice(1).join(" "));
+    const cleared = () => exec.calls.filter((c) => c.argv[0] === "conntrack" && c.argv[1] !== "-R").map((c) => c.argv.slice(1).join(" "));
+    const batches = () => exec.calls.filter((c) => c.argv[0] === "conntrack" && c.argv[1] === "-R").length;
     expect(cleared()).toEqual(["-D --orig-dst 10.96.0.53 -p udp", "-D -p udp --dport 30053"]);
+    expect(batches()).toBe(1);
     exec.clear();
     await backend.sync(world([[dns, [endpoint("10.244.1.11", 5353)]]]), partialOf(dns.key));
     expect(cleared()).toEqual([
@@ -469,6 +480,14 @@ describe("IptablesBackend", () => {
     exec.clear();
     await backend.sync(world([[web, [endpoint("10.244.1.10", 8080)]], [dns, [endpoint("10.244.1.11", 5353)]]]), partialOf(web.key));
     expect(cleared()).toEqual([]);
+    expect(batches()).toBe(0);
+
+    // A conntrack without -R: the same deletions, one process each.
+    exec.conntrackBatches = false;
+    await backend.sync(world([[web, [endpoint("10.244.1.10", 8080)]], [dns, []]]), partialOf(dns.key));
+    exec.clear();
+    await backend.sync(world([[web, [endpoint("10.244.1.10", 8080)]], [dns, [endpoint("10.244.1.12", 5353)]]]), partialOf(dns.key));
+    expect(cleared()).toEqual(["-D --orig-dst 10.96.0.53 -p udp", "-D -p udp --dport 30053", "-D --orig-dst 10.96.0.53 -p udp", "-D -p udp --dport 30053"]);
   });
 
   test("the first sync after a start leaves conntrack alone: the kept rules still match the flows", async () => {
