@@ -3,6 +3,7 @@ import {
   base32Encode,
   chainsOfServicePort,
   clearChainNameCache,
+  endpointChainHash,
   endpointChainName,
   endpointChainNameFor,
   endpointNames,
@@ -39,6 +40,13 @@ describe("base32", () => {
 });
 
 describe("chain names", () => {
+  test("endpointChainHash is KUBE-SEP- + hash16, as one string", () => {
+    for (const input of ["ns1/svc1:p80tcp10.180.0.1:80", "", "ns/svc:dnsudp[fd00::1]:53"]) {
+      expect(endpointChainHash(input)).toBe(`KUBE-SEP-${hash16(input)}`);
+    }
+    expect(endpointChainHash("ns1/svc1:p80tcp10.180.0.1:80")).toBe("KUBE-SEP-SXIVWICOYRO3J4NJ");
+  });
+
   test("match upstream's for the design document's check values", () => {
     clearChainNameCache();
     expect(servicePortChains("ns1/svc1:p80", "TCP").cluster).toBe("KUBE-SVC-XPGD46QRK7WJZT7O");
