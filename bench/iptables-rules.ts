@@ -2,7 +2,8 @@
  * Rule generation time for 10,000 service ports × 5 endpoints (the issue's bound: under 150 ms):
  * - first run in a fresh process (JIT cold, nothing remembered);
  * - warm: the same snapshot again (a periodic full sync with nothing changed: per-service results reused);
- * - rebuilt objects for the same services (per-service results rebuilt, chain-name hashes cached);
+ * - rebuilt objects for the same services (per-service results rebuilt, service chain hashes cached,
+ *   endpoint chain names hashed again);
  * - services never seen before in a warmed-up process (everything computed);
  * - a partial generation for one changed service port.
  * Endpoint selection is the model's real categorizeEndpoints, as in a sync. Wall and CPU time are
@@ -137,7 +138,7 @@ console.log(
   `memory with one snapshot, its remembered rules and the last output: rss ${(memory.rss / 1e6).toFixed(0)} MB, heap ${(memory.heapUsed / 1e6).toFixed(0)} MB`,
 );
 
-// New objects for the same services (as after a re-list): per-service rules are rebuilt, chain-name hashes are remembered.
+// New objects for the same services (as after a re-list): per-service rules are rebuilt, service chain hashes are remembered.
 const rebuilt = buildSnapshot();
 report("full, new objects, same services", measure(() => generateRules(rebuilt, "IPv4", options, {})));
 // Services never seen before, in a warmed-up process: everything is computed.
