@@ -198,7 +198,10 @@ async function workerRss(flavour: IptablesFlavour, services: number): Promise<Re
   // The allocator hands freed pages back to the system on a timer; this is what a running kproxy holds.
   await Bun.sleep(5000);
   const settledMB = rssMB();
-  return { flavour, services, baselineMB, modelMB, syncedMB, settledMB, heapMB: Math.round(process.memoryUsage().heapUsed / 1e5) / 10 };
+  // Both stay referenced up to here, as in a running kproxy; otherwise the collections in rssMB()
+  // could free them and "settled" would measure an empty process.
+  const held = `${model.snapshot().services.size} service ports, ${backend.mode}`;
+  return { flavour, services, baselineMB, modelMB, syncedMB, settledMB, held, heapMB: Math.round(process.memoryUsage().heapUsed / 1e5) / 10 };
 }
 
 /** Inside a namespace: event → rules restored, through the model and the sync loop. */
