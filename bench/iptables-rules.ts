@@ -1,7 +1,9 @@
 /**
  * Rule generation time for 10,000 service ports × 5 endpoints (the issue's bound: under 150 ms):
  * - first run in a fresh process (JIT cold, nothing remembered);
- * - warm: the same snapshot again (a periodic full sync with nothing changed: per-service results reused);
+ * - warm: the same snapshot again (a periodic full sync with nothing changed: the rules of each
+ *   service port's own chains are built again, since their text is released once written; the
+ *   rest of each service port's results is reused);
  * - rebuilt objects for the same services (per-service results rebuilt, service chain hashes cached,
  *   endpoint chain names hashed again);
  * - services never seen before in a warmed-up process (everything computed);

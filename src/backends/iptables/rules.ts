@@ -32,7 +32,7 @@ import {
 import { isServiceChainName } from "./hash.ts";
 import { familyOf, isLoopback } from "./ip.ts";
 import { localTrafficMatch, masqueradeMark, sameRuleOptions, type RuleOptions } from "./options.ts";
-import { serviceRules, type CategorizeEndpoints, type ServiceRules, type ServiceRulesEnv } from "./service-rules.ts";
+import { releaseRuleText, sameOwnRules, serviceRules, type CategorizeEndpoints, type ServiceRules, type ServiceRulesEnv } from "./service-rules.ts";
 
 export type { CategorizedEndpoints, CategorizeEndpoints } from "./service-rules.ts";
 export { probability } from "./probability.ts";
@@ -237,7 +237,9 @@ export function generateRules(
 
   for (let i = 0; i < ports.length; i++) {
     const sp = ports[i] as ServicePort;
-    const rules = serviceRules(sp, portEndpoints[i] as readonly Endpoint[], env);
+    const list = portEndpoints[i] as readonly Endpoint[];
+    // With a previous memory only the changed service ports can need their text written.
+    const rules = serviceRules(sp, list, env, changed === undefined || changed.has(sp.key));
     servicePorts++;
     byKey.set(sp.key, rules);
     if (rules.noLocalEndpointsInternal) noLocalEndpointsInternal++;
@@ -254,11 +256,7 @@ export function generateRules(
     if (previous === undefined) for (const chain of rules.chains) active.add(chain);
     const before = previous?.byKey.get(sp.key);
     if (previous !== undefined && changed?.has(sp.key)) changedChains.push(...rules.chains);
-    const rewrite =
-      changed === undefined ||
-      (changed.has(sp.key) &&
-        (before === undefined ||
-          (before !== rules && (before.natChains !== rules.natChains || before.natRules !== rules.natRules))));
+    const rewrite = changed === undefined || (changed.has(sp.key) && (before === undefined || !sameOwnRules(before, rules)));
     if (rewrite) {
       if (rules.chains.length > 0) natChains.push(rules.natChains);
       natChainCount += rules.chains.length;
@@ -339,6 +337,7 @@ export function generateRules(
     ...natRules,
     "COMMIT\n",
   ].join("");
+  byKey.forEach(releaseRuleText);
 
   const counts: RuleCounts = {
     servicePorts,
@@ -468,7 +467,7 @@ function changedOnly(
   for (const [, before, rules] of updates) {
     for (const chain of rules.chains) active.add(chain);
     // An equal rendering (e.g. a new but equal endpoint list) needs no rewrite.
-    if (rules.natChains === before.natChains && rules.natRules === before.natRules) continue;
+    if (sameOwnRules(before, rules)) continue;
     if (rules.chains.length > 0) natChains.push(rules.natChains);
     natChainCount += rules.chains.length;
     if (rules.natRuleCount > 0) natRules.push(rules.natRules);
@@ -490,8 +489,10 @@ function changedOnly(
     noLocalEndpointsInternal: noLocalInternal,
     noLocalEndpointsExternal: noLocalExternal,
   };
+  const text = natChains.length === 0 ? "" : ["*nat\n", ...natChains, ...natRules, "COMMIT\n"].join("");
+  for (const [, , rules] of updates) releaseRuleText(rules);
   return {
-    text: natChains.length === 0 ? "" : ["*nat\n", ...natChains, ...natRules, "COMMIT\n"].join(""),
+    text,
     activeNatChains: active,
     deletedChains,
     counts,
