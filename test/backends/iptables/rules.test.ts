@@ -609,3 +609,23 @@ describe("jump rules", () => {
     ]);
   });
 });
+
+describe("released own-chain text", () => {
+  test("is not kept after a generation; the same snapshot generates the same text again, and a partial one sees no change", () => {
+    const sp = servicePort("ns", "web", "http", { clusterIP: "10.96.0.10", port: 80 });
+    const world = snapshot([[sp, [endpoint("10.180.0.1", 80), endpoint("10.180.0.2", 80)]]]);
+    const first = generateRules(world, "IPv4", fakeProxierOptions, full);
+    const kept = first.memory.byKey.get(sp.key);
+    expect(kept?.natRules).toBe("");
+    expect(kept?.natChains).toBe("");
+    expect(typeof kept?.natDigest).toBe("bigint");
+    expect(generateRules(world, "IPv4", fakeProxierOptions, full).text).toBe(first.text);
+    // An equal but new endpoint list: the rendering is compared by hash with the released one.
+    const again = snapshot([[sp, [endpoint("10.180.0.1", 80), endpoint("10.180.0.2", 80)]]]);
+    const partial = generateRules(again, "IPv4", fakeProxierOptions, { changed: new Set([sp.key]), previous: first.memory });
+    expect(partial.text).toBe("");
+    const moved = snapshot([[sp, [endpoint("10.180.0.1", 80), endpoint("10.180.0.3", 80)]]]);
+    const changed = generateRules(moved, "IPv4", fakeProxierOptions, { changed: new Set([sp.key]), previous: partial.memory });
+    expect(changed.text).toContain("--to-destination 10.180.0.3:80");
+  });
+});
