@@ -4,13 +4,15 @@
  * throughput, wrk requests/s with keep-alive and with a new connection per request, the p99 latency
  * the proxy adds, and the proxy's resident memory with 1,000 idle relayed connections.
  *
- *   bun bench/userspace-relay.ts [--seconds 2] [--rounds 3] [--connections 50] [--idle 1000] [--threads N] [--bun-threads]
+ *   bun bench/userspace-relay.ts [--seconds 2] [--rounds 3] [--connections 50] [--idle 1000] [--threads N]
+ *                                [--bun-threads] [--reuseport] [--no-main-thread] [--also-threads 1,4]
  *
- * kproxy runs as it does by default in userspace mode: N relay threads sharing each port with
- * SO_REUSEPORT, each on the epoll relay (N defaults to the number of CPUs, as kproxy's does; HAProxy
+ * kproxy runs as it does by default in userspace mode: N relay threads accepting on one shared
+ * listening socket, each on the epoll relay (N defaults to the number of CPUs, as kproxy's does; HAProxy
  * likewise runs one thread per CPU by default). That row, marked "(default)", is the one the goal is
  * judged on. For reference it also runs relaying on its main thread with Bun's sockets (the fallback
- * when threads cannot start), and with `--bun-threads` N threads on Bun's sockets. Each figure is the
+ * when threads cannot start; `--no-main-thread` leaves it out), with `--reuseport` N threads each with its
+ * own SO_REUSEPORT listener, and with `--bun-threads` N threads on Bun's sockets. Each figure is the
  * median of `rounds` runs, the targets taking turns within a round so that load from elsewhere on the
  * machine hits them alike.
  *
@@ -31,6 +33,10 @@ const connections = Number(args["connections"] ?? 50);
 const idleConnections = Number(args["idle"] ?? 1000);
 const threads = Number(args["threads"] ?? navigator.hardwareConcurrency);
 const bunThreads = args["bun-threads"] !== undefined;
+const reusePortRow = args["reuseport"] !== undefined;
+const mainThreadRow = args["no-main-thread"] === undefined;
+/** Thread counts for extra rows of the default relay, e.g. `--also-threads 1,4`. */
+const alsoThreads = (args["also-threads"] ?? "").split(",").filter((x) => x !== "").map(Number);
 const HOST = "127.0.0.1";
 const benchDir = import.meta.dir;
 const bun = process.execPath;
@@ -75,13 +81,14 @@ try {
   await waitForPort(iperfPort);
 
   const kproxyTargets: Target[] = [];
-  const variants: { name: string; threads: number; engine: string }[] = [
-    { name: `kproxy ${threads} threads (default)`, threads, engine: "epoll" },
-    { name: "kproxy main thread, bun sockets", threads: 0, engine: "bun" },
-  ];
+  const variants: { name: string; threads: number; engine: string; accept?: string }[] = [{ name: `kproxy ${threads} threads (default)`, threads, engine: "epoll" }];
+  if (reusePortRow) variants.push({ name: `kproxy ${threads} threads, reuseport`, threads, engine: "epoll", accept: "reuseport" });
+  for (const n of alsoThreads) variants.push({ name: `kproxy ${n} threads`, threads: n, engine: "epoll" });
+  if (mainThreadRow) variants.push({ name: "kproxy main thread, bun sockets", threads: 0, engine: "bun" });
   if (bunThreads) variants.push({ name: `kproxy ${threads} threads, bun sockets`, threads, engine: "bun" });
-  for (const { name, threads: n, engine } of variants) {
+  for (const { name, threads: n, engine, accept } of variants) {
     const argv = [bun, join(benchDir, "relay/kproxy-relay.ts"), `http=${HOST}:${httpPort}`, `iperf=${HOST}:${iperfPort}`, `--threads=${n}`, `--engine=${engine}`];
+    if (accept) argv.push(`--accept=${accept}`);
     const p = spawnTracked(argv);
     const ports = ((await firstJsonLine(p)) as { ports: Record<string, number> }).ports;
     kproxyTargets.push({ name, httpPort: req(ports["http"]), iperfPort: req(ports["iperf"]), pid: p.pid });
@@ -385,7 +392,8 @@ function parseArgs(argv: string[]): Record<string, string> {
     if (!a.startsWith("--")) continue;
     const eq = a.indexOf("=");
     if (eq > 0) out[a.slice(2, eq)] = a.slice(eq + 1);
-    else out[a.slice(2)] = argv[++i] ?? "";
+    else if (argv[i + 1] === undefined || argv[i + 1]!.startsWith("--")) out[a.slice(2)] = "";
+    else out[a.slice(2)] = argv[++i] as string;
   }
   return out;
 }

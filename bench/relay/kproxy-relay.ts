@@ -2,18 +2,24 @@
  * kproxy's TCP relay as its own process, so the benchmark can read its resident memory apart from the
  * load generators. Arguments: `name=ip:port` per service, and `--threads=N` to relay on N worker
  * threads sharing each port (0, the default, relays on the main thread with Bun's sockets), and
- * `--engine=bun` to have those threads use Bun's sockets instead of the epoll relay. Prints
+ * `--engine=bun` to have those threads use Bun's sockets instead of the epoll relay, `--accept=reuseport`
+ * for a listening socket per thread instead of one shared by all. Prints
  * `{"ports":{name:port}}`.
  */
 import { LoadBalancer, startTcpRelay, TcpRelayWorkers } from "../../src/backends/userspace/index.ts";
-import type { ProxySocket, RelayEngine } from "../../src/backends/userspace/index.ts";
+import type { AcceptMode, ProxySocket, RelayEngine } from "../../src/backends/userspace/index.ts";
 
 let threads = 0;
 let engine: RelayEngine = "epoll";
+let accept: AcceptMode | undefined;
 const services: [string, string][] = [];
 for (const arg of process.argv.slice(2)) {
   if (arg.startsWith("--engine=")) {
     engine = arg.slice("--engine=".length) === "bun" ? "bun" : "epoll";
+    continue;
+  }
+  if (arg.startsWith("--accept=")) {
+    accept = arg.slice("--accept=".length) === "reuseport" ? "reuseport" : "shared";
     continue;
   }
   if (arg.startsWith("--threads=")) {
@@ -27,7 +33,7 @@ for (const arg of process.argv.slice(2)) {
 
 const ports: Record<string, number> = {};
 const relays: ProxySocket[] = [];
-const pool = threads > 0 ? TcpRelayWorkers.start({ threads, engine }) : undefined;
+const pool = threads > 0 ? TcpRelayWorkers.start({ threads, engine, ...(accept ? { accept } : {}) }) : undefined;
 const balancer = new LoadBalancer();
 for (const [name, endpoint] of services) {
   let relay: ProxySocket;

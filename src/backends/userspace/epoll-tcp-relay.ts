@@ -7,8 +7,10 @@
  * copied. Per new connection that is about 15 calls (Bun's sockets make 26, HAProxy 20).
  *
  * The loop blocks in epoll_wait, so it suits a relay worker thread, where nothing else runs; between
- * turns the thread's own event loop runs (messages from the owner). On a thread that serves other
- * sockets too, give `blockMs: 0`.
+ * turns the thread's own event loop runs (messages from the owner). The owner writes to the loop's
+ * eventfd (`wakeFdOfThisThread`) after posting a message, which ends the turn at once, so an endpoint
+ * change applies to the next connection rather than after up to `blockMs`. On a thread that serves
+ * other sockets too, give `blockMs: 0`.
  */
 import { ptr } from "bun:ffi";
 import type { Pointer } from "bun:ffi";
@@ -23,12 +25,14 @@ import {
   AF_INET,
   AF_INET6,
   EAGAIN,
+  EFD_NONBLOCK_CLOEXEC,
   EINPROGRESS,
   EINTR,
   EPOLL_CLOEXEC,
   EPOLL_CTL_ADD,
   EPOLLERR,
   EPOLLET,
+  EPOLLEXCLUSIVE,
   EPOLLHUP,
   EPOLLIN,
   EPOLLOUT,
@@ -63,11 +67,26 @@ export interface EpollTcpRelayOptions {
   readonly counters?: Float64Array;
   /** How long one epoll_wait may block (ms); 0 polls (for a thread with other work). Default 20. */
   readonly blockMs?: number;
+  /**
+   * Accept on this listening socket (opened by another thread's relay with `shared`) instead of
+   * opening one: the threads share one accept queue and the kernel wakes one waiting thread per
+   * connection. That thread's relay owns the fd; this one never closes it.
+   */
+  readonly joinFd?: number;
+  /** Open the listener for other threads to join (see `joinFd`): woken exclusively. */
+  readonly shared?: boolean;
+}
+
+/** A relay on this thread's epoll loop; `listenerFd` is what other threads pass as `joinFd`. */
+export interface EpollTcpRelay extends TcpRelay {
+  readonly listenerFd: number;
 }
 
 /** Bytes read per recv: one buffer for every connection of the thread. */
 const CHUNK = 256 * 1024;
 const MAX_EVENTS = 512;
+/** Connections taken per report of a listener (level-triggered, so the rest come with the next wait). */
+const ACCEPTS_PER_EVENT = 1;
 const READ_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP;
 
 /** One socket of a relayed connection; `peer` is the other. */
@@ -117,6 +136,8 @@ interface ListenerEntry {
   readonly relay: EpollRelay;
   readonly fd: number;
   token: number;
+  /** Opened by another thread's relay, which closes it; this thread only stops listening to it. */
+  readonly joined: boolean;
 }
 
 /** One per thread: the epoll set, the shared buffers, and the turn that drives every relay on it. */
@@ -138,6 +159,19 @@ class EpollLoop {
   blockMs = 20;
   /** Connections whose dial is in progress, oldest deadline first per attempt number. */
   private readonly dialQueues: Conn[][] = [];
+  /** The owner writes here after posting a message; -1 when eventfd failed (turns then just end on time). */
+  readonly wakeFd: number;
+  private readonly wakeCount;
+  /** Messages announced through the eventfd and not yet seen: until they are, turns do not block. */
+  private wakesOwed = 0;
+  /** When turns stop waiting for owed messages anyway (a wake-up whose message came before it). */
+  private owedUntil = 0;
+  /**
+   * Events of the last wait after a wake-up, left for after the owner's messages: a connection that
+   * came after an endpoint change must see it. Dispatched before the next wait (which would overwrite them).
+   */
+  private resumeFrom = 0;
+  private resumeTo = 0;
 
   constructor(c: Libc) {
     this.c = c;
@@ -153,6 +187,32 @@ class EpollLoop {
     this.linger.view.setInt32(4, 0, true);
     this.one = pinned(4);
     this.one.view.setInt32(0, 1, true);
+    this.wakeCount = pinned(8);
+    this.wakeFd = c.fn.eventfd(0, EFD_NONBLOCK_CLOEXEC);
+    if (this.wakeFd >= 0 && c.fn.epoll_ctl(this.ep, EPOLL_CTL_ADD, this.wakeFd, this.wakeEvent()) < 0) {
+      c.fn.close(this.wakeFd);
+      this.wakeFd = -1;
+    }
+  }
+
+  private wakeEvent(): Pointer {
+    const o = this.c.epollDataOffset;
+    this.ctl.view.setUint32(0, EPOLLIN, true);
+    this.ctl.view.setUint32(o, this.wakeFd, true);
+    this.ctl.view.setUint32(o + 4, 0, true);
+    return this.ctl.at;
+  }
+
+  /** A message announced by a wake-up has been handled. */
+  messageSeen(): void {
+    if (this.wakesOwed > 0) this.wakesOwed--;
+  }
+
+  private drainWake(): void {
+    if (this.c.fn.read(this.wakeFd, this.wakeCount.at, 8) !== 8) return;
+    // The counter sums every write since the last read: one per message posted.
+    this.wakesOwed += Number(this.wakeCount.view.getBigUint64(0, true));
+    this.owedUntil = performance.now() + OWED_WAIT_MS;
   }
 
   register(fd: number, owner: Side | ListenerEntry, events: number): number {
@@ -164,6 +224,14 @@ class EpollLoop {
     if (this.c.fn.epoll_ctl(this.ep, EPOLL_CTL_ADD, fd, this.ctl.at) < 0) throw new Error(`epoll_ctl add failed (errno ${this.c.errno()})`);
     this.owners[fd] = owner;
     return token;
+  }
+
+  /**
+   * Stops dispatching a joined listener. No epoll_ctl DEL: the owner's close drops the registration
+   * from every thread's set, and until then events for it find no owner here and are skipped.
+   */
+  forget(fd: number): void {
+    this.owners[fd] = undefined;
   }
 
   /** Closes an fd this loop owns; the kernel drops it from the epoll set with it. */
@@ -209,30 +277,50 @@ class EpollLoop {
       this.running = false;
       return;
     }
-    if (this.blockMs <= 0) this.pass(0);
+    if (this.wakesOwed > 0 && performance.now() > this.owedUntil) this.wakesOwed = 0;
+    if (this.wakesOwed > 0) {
+      // Messages on their way: no events until they are in, unless none are held back.
+      if (this.resumeTo === 0) this.pass(0);
+    } else if (this.blockMs <= 0) this.pass(0);
     else {
       const end = performance.now() + this.blockMs;
-      for (let left = this.blockMs; left > 0 && this.relays.size > 0; left = Math.ceil(end - performance.now())) this.pass(left);
+      for (let left = this.blockMs; left > 0 && this.relays.size > 0 && this.wakesOwed === 0; left = Math.ceil(end - performance.now())) this.pass(left);
     }
     setImmediate(this.turn);
   };
 
+  /** Dispatches one epoll_wait's events; a wake-up from the owner ends the turn after them. */
   private pass(timeoutMs: number): void {
     const c = this.c;
-    const n = c.fn.epoll_wait(this.ep, this.events.at, MAX_EVENTS, timeoutMs);
+    let from = 0;
+    let n: number;
+    if (this.resumeTo > 0) {
+      from = this.resumeFrom;
+      n = this.resumeTo;
+      this.resumeTo = 0;
+    } else n = c.fn.epoll_wait(this.ep, this.events.at, MAX_EVENTS, timeoutMs);
     const view = this.events.view;
     const size = c.epollEventSize;
     const o = c.epollDataOffset;
-    for (let i = 0; i < n; i++) {
+    for (let i = from; i < n; i++) {
       const base = i * size;
       const ev = view.getUint32(base, true);
       const fd = view.getUint32(base + o, true);
+      if (fd === this.wakeFd) {
+        this.drainWake();
+        if (this.wakesOwed > 0 && i + 1 < n) {
+          this.resumeFrom = i + 1;
+          this.resumeTo = n;
+          break;
+        }
+        continue;
+      }
       const token = view.getUint32(base + o + 4, true);
       const owner = this.owners[fd];
       if (owner === undefined || owner.token !== token) continue;
       try {
         if (owner instanceof Side) onEvent(owner, ev);
-        else owner.relay.acceptAll(owner.fd);
+        else owner.relay.acceptSome(owner.fd);
       } catch (err) {
         // A fault in one connection's handling cuts that connection, not the thread and all it relays.
         const relay = owner instanceof Side ? owner.conn.relay : owner.relay;
@@ -265,6 +353,9 @@ class EpollLoop {
   }
 }
 
+/** How long turns keep from blocking while a message announced by a wake-up has not arrived. */
+const OWED_WAIT_MS = 5;
+
 let threadLoop: EpollLoop | null | undefined;
 
 function loopOfThisThread(): EpollLoop | undefined {
@@ -272,6 +363,17 @@ function loopOfThisThread(): EpollLoop | undefined {
   const c = openLibc();
   threadLoop = c ? new EpollLoop(c) : null;
   return threadLoop ?? undefined;
+}
+
+/** The eventfd the owner writes to after posting this thread a message; undefined without one. */
+export function wakeFdOfThisThread(): number | undefined {
+  const fd = loopOfThisThread()?.wakeFd;
+  return fd === undefined || fd < 0 ? undefined : fd;
+}
+
+/** The thread handled a message whose posting was followed by a write to its wake fd. */
+export function wakeMessageSeen(): void {
+  threadLoop?.messageSeen();
 }
 
 /** Whether this thread can run the epoll relay (Linux with a loadable libc). */
@@ -494,7 +596,7 @@ interface Target {
   readonly at: Pointer;
 }
 
-class EpollRelay implements TcpRelay {
+class EpollRelay implements EpollTcpRelay {
   readonly protocol = "TCP" as const;
   readonly serviceKey: string;
   readonly host: string;
@@ -525,7 +627,23 @@ class EpollRelay implements TcpRelay {
     this.v6 = options.host.includes(":");
   }
 
-  listen(port: number, reusePort: boolean): void {
+  get listenerFd(): number {
+    return this.listener?.fd ?? -1;
+  }
+
+  /** Accepts on another thread's listener (see `joinFd`). */
+  join(fd: number): void {
+    const loop = this.loop;
+    loop.addrLen.view.setUint32(0, 28, true);
+    if (loop.c.fn.getsockname(fd, loop.addr.at, loop.addrLen.at) < 0) throw new Error(`join listener fd ${fd}: getsockname failed (errno ${loop.c.errno()})`);
+    this.port = sockaddrPort(loop.addr.view);
+    const entry: ListenerEntry = { relay: this, fd, token: 0, joined: true };
+    entry.token = loop.register(fd, entry, EPOLLIN | EPOLLEXCLUSIVE);
+    this.listener = entry;
+    loop.add(this);
+  }
+
+  listen(port: number, reusePort: boolean, shared: boolean): void {
     const loop = this.loop;
     const fn = loop.c.fn;
     const sa = sockaddr(this.host === "" ? "0.0.0.0" : this.host, port);
@@ -544,8 +662,8 @@ class EpollRelay implements TcpRelay {
       loop.addrLen.view.setUint32(0, 28, true);
       fn.getsockname(fd, loop.addr.at, loop.addrLen.at);
       this.port = sockaddrPort(loop.addr.view);
-      const entry: ListenerEntry = { relay: this, fd, token: 0 };
-      entry.token = loop.register(fd, entry, EPOLLIN);
+      const entry: ListenerEntry = { relay: this, fd, token: 0, joined: false };
+      entry.token = loop.register(fd, entry, shared ? EPOLLIN | EPOLLEXCLUSIVE : EPOLLIN);
       this.listener = entry;
     } catch (err) {
       fn.close(fd);
@@ -554,11 +672,16 @@ class EpollRelay implements TcpRelay {
     loop.add(this);
   }
 
-  acceptAll(lfd: number): void {
+  /**
+   * Accepts up to ACCEPTS_PER_EVENT connections. The listener is level-triggered, so the wait reports
+   * it again while more are queued: no accept4 call that only answers EAGAIN, and with a shared
+   * listener the next connection can wake a thread that is idle.
+   */
+  acceptSome(lfd: number): void {
     const loop = this.loop;
     const fn = loop.c.fn;
     const wantIP = this.chooser.usesClientIP(this.serviceKey);
-    for (;;) {
+    for (let k = 0; k < ACCEPTS_PER_EVENT; k++) {
       if (wantIP) loop.addrLen.view.setUint32(0, 28, true);
       const fd = wantIP ? fn.accept4(lfd, loop.addr.at, loop.addrLen.at, ACCEPT_FLAGS) : fn.accept4(lfd, null, null, ACCEPT_FLAGS);
       if (fd < 0) return;
@@ -686,7 +809,10 @@ class EpollRelay implements TcpRelay {
   async close(options: CloseOptions = {}): Promise<void> {
     const l = this.listener;
     this.listener = undefined;
-    if (l) this.loop.release(l.fd);
+    if (l) {
+      if (l.joined) this.loop.forget(l.fd);
+      else this.loop.release(l.fd);
+    }
     if (options.closeActive) {
       while (this.head) closeConn(this.head, true);
     }
@@ -699,11 +825,12 @@ class EpollRelay implements TcpRelay {
  * Listens for one service port on this thread's epoll loop; undefined when this thread cannot run it
  * (not Linux, no libc), so the caller can use `startTcpRelay` instead.
  */
-export function startEpollTcpRelay(options: EpollTcpRelayOptions): TcpRelay | undefined {
+export function startEpollTcpRelay(options: EpollTcpRelayOptions): EpollTcpRelay | undefined {
   const loop = loopOfThisThread();
   if (!loop) return undefined;
   if (options.blockMs !== undefined) loop.blockMs = options.blockMs;
   const relay = new EpollRelay(options, loop);
-  relay.listen(options.port, options.reusePort ?? false);
+  if (options.joinFd !== undefined) relay.join(options.joinFd);
+  else relay.listen(options.port, options.reusePort ?? false, options.shared ?? false);
   return relay;
 }

@@ -21,6 +21,9 @@ const SYMBOLS = {
   send: { args: [T.i32, T.ptr, T.u64, T.i32], returns: T.i32 },
   shutdown: { args: [T.i32, T.i32], returns: T.i32 },
   close: { args: [T.i32], returns: T.i32 },
+  read: { args: [T.i32, T.ptr, T.u64], returns: T.i32 },
+  write: { args: [T.i32, T.ptr, T.u64], returns: T.i32 },
+  eventfd: { args: [T.u32, T.i32], returns: T.i32 },
   epoll_create1: { args: [T.i32], returns: T.i32 },
   epoll_ctl: { args: [T.i32, T.i32, T.i32, T.ptr], returns: T.i32 },
   epoll_wait: { args: [T.i32, T.ptr, T.i32, T.i32], returns: T.i32 },
@@ -56,6 +59,7 @@ export const EAGAIN = 11;
 export const EINTR = 4;
 export const EINPROGRESS = 115;
 export const EPOLL_CLOEXEC = 0o2000000;
+export const EFD_NONBLOCK_CLOEXEC = 0o4000 | 0o2000000;
 export const EPOLL_CTL_ADD = 1;
 export const EPOLL_CTL_DEL = 2;
 export const EPOLLIN = 0x1;
@@ -64,6 +68,8 @@ export const EPOLLERR = 0x8;
 export const EPOLLHUP = 0x10;
 export const EPOLLRDHUP = 0x2000;
 export const EPOLLET = 0x80000000;
+/** Wake one of the epoll sets waiting on a shared fd (a listener several threads accept on), not all. */
+export const EPOLLEXCLUSIVE = 0x10000000;
 
 let loaded: Libc | null | undefined;
 

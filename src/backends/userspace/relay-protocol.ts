@@ -6,8 +6,13 @@ import type { SessionAffinity } from "../../model/types.ts";
  */
 export type RelayEngine = "epoll" | "bun";
 
-/** Messages from the owning thread to a relay thread. */
-export type WorkerRequest =
+/**
+ * Messages from the owning thread to a relay thread; `woke` when the owner also wrote to the thread's
+ * wake fd for it (so the thread knows a message is on its way and does not block before it arrives).
+ */
+export type WorkerRequest = WorkerMessage & { readonly woke?: boolean };
+
+type WorkerMessage =
   | { readonly op: "update"; readonly serviceKey: string; readonly endpoints: readonly string[]; readonly affinity: SessionAffinity }
   | { readonly op: "remove"; readonly serviceKey: string }
   /** Forget ClientIP affinity records past their timeout (sent with every sync). */
@@ -21,6 +26,10 @@ export type WorkerRequest =
       readonly host: string;
       readonly port: number;
       readonly reusePort: boolean;
+      /** Open the listener for the other threads to join (epoll engine): the reply carries its fd. */
+      readonly share?: boolean;
+      /** Accept on this listener fd, opened by another thread with `share`, instead of binding. */
+      readonly joinFd?: number;
       readonly engine: RelayEngine;
       readonly dialTimeoutsMs: readonly number[];
       /** Shared counters of this listener; this thread writes slot `slot`. */
@@ -32,4 +41,13 @@ export type WorkerRequest =
   | { readonly op: "closeAll"; readonly id: number };
 
 /** Answers to `listen`, `close` and `affinityRecords`. */
-export type WorkerReply = { readonly id: number; readonly port?: number; readonly count?: number; readonly error?: string };
+export type WorkerReply = {
+  readonly id: number;
+  readonly port?: number;
+  /** The shared listener's fd, when `listen` asked to `share` and the thread runs the epoll relay. */
+  readonly fd?: number;
+  /** Answer to `listen` from a thread running the epoll relay: write 8 bytes here to end its wait. */
+  readonly wakeFd?: number;
+  readonly count?: number;
+  readonly error?: string;
+};

@@ -1,11 +1,12 @@
 /**
  * Entry point of one relay thread. It keeps its own copy of the balancing state (the owner sends every
- * endpoint change to all threads) and its own TCP listeners, which share their ports with the other
- * threads' through SO_REUSEPORT; the kernel spreads new connections over them.
+ * endpoint change to all threads) and its own TCP listeners: either one listening socket that every
+ * thread accepts on (epoll relay; the kernel wakes one idle thread per connection) or one per thread
+ * sharing the port through SO_REUSEPORT (the kernel spreads connections by hash).
  */
 import { LoadBalancer } from "./load-balancer.ts";
 import { STAT_SLOTS } from "./proxy-socket.ts";
-import { epollRelayAvailable, startEpollTcpRelay } from "./epoll-tcp-relay.ts";
+import { epollRelayAvailable, startEpollTcpRelay, wakeFdOfThisThread, wakeMessageSeen } from "./epoll-tcp-relay.ts";
 import { startTcpRelay } from "./tcp-relay.ts";
 import type { TcpRelay } from "./tcp-relay.ts";
 import type { WorkerReply, WorkerRequest } from "./relay-protocol.ts";
@@ -22,6 +23,7 @@ function reply(message: WorkerReply): void {
 
 self.onmessage = async (event: MessageEvent<WorkerRequest>) => {
   const m = event.data;
+  if (m.woke) wakeMessageSeen();
   switch (m.op) {
     case "update":
       balancer.update(m.serviceKey, m.endpoints, m.affinity);
@@ -49,9 +51,14 @@ self.onmessage = async (event: MessageEvent<WorkerRequest>) => {
         };
         // This thread does nothing but relay, so the epoll relay may block in its wait; Bun's sockets
         // where it cannot run.
-        const relay = (m.engine === "epoll" && epollRelayAvailable() && startEpollTcpRelay(options)) || startTcpRelay(options);
+        const epoll = m.engine === "epoll" && epollRelayAvailable();
+        if (m.joinFd !== undefined && !epoll) throw new Error("cannot join a shared listener without the epoll relay");
+        const shared = { ...(m.joinFd !== undefined ? { joinFd: m.joinFd } : {}), shared: m.share ?? false };
+        const epollRelay = epoll ? startEpollTcpRelay({ ...options, ...shared }) : undefined;
+        const relay = epollRelay ?? startTcpRelay(options);
         relays.set(m.serviceKey, relay);
-        reply({ id: m.id, port: relay.port });
+        const wakeFd = epollRelay ? wakeFdOfThisThread() : undefined;
+        reply({ id: m.id, port: relay.port, ...(epollRelay && m.share ? { fd: epollRelay.listenerFd } : {}), ...(wakeFd !== undefined ? { wakeFd } : {}) });
       } catch (err) {
         reply({ id: m.id, error: err instanceof Error ? err.message : String(err) });
       }

@@ -4,6 +4,9 @@ import type { CloseOptions, RelayStats } from "./proxy-socket.ts";
 import { ENDPOINT_DIAL_TIMEOUTS_MS, STAT_SLOTS, statsFrom, sumStats } from "./proxy-socket.ts";
 import type { RelayEngine, WorkerReply, WorkerRequest } from "./relay-protocol.ts";
 import type { TcpRelay } from "./tcp-relay.ts";
+import { openLibc, pinned } from "./libc.ts";
+import type { Libc } from "./libc.ts";
+import type { Pointer } from "bun:ffi";
 
 export interface RelayWorkersOptions {
   /** Relay threads; defaults to the number of CPUs. */
@@ -14,7 +17,15 @@ export interface RelayWorkersOptions {
   readonly logger?: Logger;
   /** How the threads move bytes; "epoll" (where it runs) by default. */
   readonly engine?: RelayEngine;
+  /**
+   * How the threads of one port take connections: "shared", one listening socket in every thread's
+   * epoll set, each connection waking one thread that is idle (epoll engine only; else "reuseport");
+   * "reuseport", a socket per thread, the kernel choosing one by hashing the connection's addresses.
+   */
+  readonly accept?: AcceptMode;
 }
+
+export type AcceptMode = "shared" | "reuseport";
 
 export interface WorkerListenOptions {
   readonly serviceKey: string;
@@ -22,9 +33,9 @@ export interface WorkerListenOptions {
   /** 0 lets the kernel choose. */
   readonly port: number;
   /**
-   * How many threads accept on this port; all by default. Give 1 for ClientIP affinity: the kernel
-   * spreads connections by their 4-tuple, so one client's connections would meet different threads,
-   * each with its own affinity table.
+   * How many threads accept on this port; all by default. Give 1 for ClientIP affinity: one client's
+   * connections would otherwise meet different threads (whichever is idle, or by 4-tuple hash), each
+   * with its own affinity table.
    */
   readonly threads?: number;
 }
@@ -43,17 +54,26 @@ export class TcpRelayWorkers {
   private readonly dialTimeoutsMs: readonly number[];
   private readonly logger: Logger | undefined;
   private readonly engine: RelayEngine;
+  private readonly accept: AcceptMode;
   private closed = false;
+  /**
+   * Each epoll thread's wake fd: a thread blocks in epoll_wait for up to 20 ms between looks at its
+   * messages, so every message is followed by a write here to end that wait at once.
+   */
+  private readonly wakeFds = new Map<Worker, number>();
+  private wakeLibc: { readonly c: Libc; readonly one: { readonly at: Pointer } } | undefined;
 
   private constructor(options: RelayWorkersOptions) {
     this.dialTimeoutsMs = options.dialTimeoutsMs ?? ENDPOINT_DIAL_TIMEOUTS_MS;
     this.logger = options.logger;
     this.engine = options.engine ?? "epoll";
+    this.accept = options.accept ?? "shared";
     const threads = Math.max(1, options.threads ?? navigator.hardwareConcurrency);
     const url = options.workerUrl ?? defaultWorkerUrl();
     for (let i = 0; i < threads; i++) {
       const w = new Worker(url);
       w.onmessage = (ev: MessageEvent<WorkerReply>) => {
+        if (ev.data.wakeFd !== undefined && !this.wakeFds.has(w)) this.learnWakeFd(w, ev.data.wakeFd);
         const p = this.pending.get(ev.data.id);
         this.pending.delete(ev.data.id);
         p?.resolve(ev.data);
@@ -109,7 +129,9 @@ export class TcpRelayWorkers {
     const counters = new SharedArrayBuffer(threads * STAT_SLOTS * 8);
     const used = healthy.slice(0, threads);
     const reusePort = threads > 1;
-    // The first thread binds (and learns the port when 0 was asked for); the others join that port.
+    const share = reusePort && this.engine === "epoll" && this.accept === "shared";
+    // The first thread binds (and learns the port when 0 was asked for); the others join its socket
+    // when it could share it, else open their own on that port.
     const first = await this.request(used[0] as Worker, (id) => ({
       op: "listen",
       id,
@@ -117,6 +139,7 @@ export class TcpRelayWorkers {
       host: options.host,
       port: options.port,
       reusePort,
+      share,
       engine: this.engine,
       dialTimeoutsMs: this.dialTimeoutsMs,
       counters,
@@ -124,6 +147,7 @@ export class TcpRelayWorkers {
     }));
     if (first.error !== undefined || first.port === undefined) throw new Error(`listen ${options.host}:${options.port}: ${first.error}`);
     const port = first.port;
+    const joinFd = first.fd;
     const rest = await Promise.all(
       used.slice(1).map((w, i) =>
         this.request(w, (id) => ({
@@ -133,6 +157,7 @@ export class TcpRelayWorkers {
           host: options.host,
           port,
           reusePort,
+          ...(joinFd !== undefined ? { joinFd } : {}),
           engine: this.engine,
           dialTimeoutsMs: this.dialTimeoutsMs,
           counters,
@@ -178,7 +203,30 @@ export class TcpRelayWorkers {
   }
 
   private broadcast(m: WorkerRequest): void {
-    for (const w of this.workers) if (!this.failed.has(w)) w.postMessage(m);
+    for (const w of this.workers) if (!this.failed.has(w)) this.post(w, m);
+  }
+
+  /** Posts `m`, then wakes the thread if it may be blocked in its epoll wait. */
+  private post(w: Worker, m: WorkerRequest): void {
+    const fd = this.closed ? undefined : this.wakeFds.get(w);
+    const lib = this.wakeLibc;
+    if (fd === undefined || lib === undefined) {
+      w.postMessage(m);
+      return;
+    }
+    w.postMessage({ ...m, woke: true });
+    lib.c.fn.write(fd, lib.one.at, 8);
+  }
+
+  private learnWakeFd(w: Worker, fd: number): void {
+    if (this.wakeLibc === undefined) {
+      const c = openLibc();
+      if (c === undefined) return;
+      const one = pinned(8);
+      one.view.setBigUint64(0, 1n, true);
+      this.wakeLibc = { c, one };
+    }
+    this.wakeFds.set(w, fd);
   }
 
   private request(w: Worker, make: (id: number) => WorkerRequest): Promise<WorkerReply> {
@@ -188,7 +236,7 @@ export class TcpRelayWorkers {
     const id = this.nextId++;
     return new Promise<WorkerReply>((resolve) => {
       this.pending.set(id, { worker: w, resolve });
-      w.postMessage(make(id));
+      this.post(w, make(id));
     });
   }
 }

@@ -51,6 +51,28 @@ describe("TCP relay threads", () => {
     for (let i = 0; i < 6; i++) expect(await fetchName(relay.port)).toBe("b");
   });
 
+  test("an endpoint change applies to the very next connection, though the threads block in their wait", async () => {
+    const a = await startBackend(nameServer("a"));
+    const b = await startBackend(nameServer("b"));
+    cleanups.push(() => a.close(), () => b.close());
+    const pool = TcpRelayWorkers.start({ threads: 2 });
+    cleanups.push(() => pool.close());
+    pool.update("svc", [a.endpoint]);
+    const relay = await pool.listen({ serviceKey: "svc", host: HOST, port: 0 });
+    expect(await fetchName(relay.port)).toBe("a");
+    // No round trip in between: the connection comes right after the update, while a thread may be
+    // blocked in epoll_wait with the update still in its message queue.
+    const seen: string[] = [];
+    const want: string[] = [];
+    for (let i = 0; i < 10; i++) {
+      const name = i % 2 === 0 ? "b" : "a";
+      pool.update("svc", [name === "a" ? a.endpoint : b.endpoint]);
+      want.push(name);
+      seen.push(await fetchName(relay.port));
+    }
+    expect(seen).toEqual(want);
+  });
+
   test("close stops the port on all threads; closeActive cuts running connections", async () => {
     const echoBackend = await startBackend((s) => s.pipe(s));
     cleanups.push(() => echoBackend.close());
