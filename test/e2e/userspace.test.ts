@@ -5,6 +5,7 @@
  * prove the result.
  */
 import { afterAll, beforeAll, describe, expect } from "bun:test";
+import { existsSync } from "node:fs";
 import { chmod, mkdtemp, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -16,6 +17,11 @@ import { KproxyInNamespace } from "./kproxy.ts";
 import { manifest, NODE_NAME, NS, type Svc, tally } from "./manifest.ts";
 
 const e2e = needs(isRoot() && hasTool("ip") && hasTool("iptables-nft") && hasTool("conntrack"), "needs root, iproute2, iptables (nft) and conntrack");
+const ARM64_LIBS = "/usr/aarch64-linux-gnu";
+const arm64e2e = needs(
+  isRoot() && hasTool("ip") && hasTool("qemu-aarch64-static") && existsSync(join(ARM64_LIBS, "lib", "ld-linux-aarch64.so.1")),
+  "needs root, iproute2, qemu-user-static and libc6-arm64-cross to run the arm64 binary",
+);
 
 const ROOT = join(import.meta.dir, "../..");
 
@@ -252,5 +258,37 @@ describe("userspace mode end to end", () => {
       }
     },
     90_000,
+  );
+  arm64e2e(
+    "the arm64 binary (under qemu-user) relays NodePort traffic to every pod on its relay threads",
+    async () => {
+      if (kproxy) {
+        await kproxy.stop();
+        kproxy = undefined;
+        await KproxyInNamespace.cleanup(node()).exited(20_000);
+      }
+      await publish(base());
+      const build = new Child([process.execPath, join(ROOT, "build.ts"), "--target", "arm64", "--outdir", dir], { cwd: ROOT });
+      expect(await build.exited(120_000)).toBe(0);
+      // Unprivileged, like the run above, so it writes no rules and listens on the NodePort itself.
+      const arm64 = new Child(
+        [
+          "ip", "netns", "exec", node().name,
+          "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+          "qemu-aarch64-static", "-L", ARM64_LIBS,
+          join(dir, "kproxy-linux-arm64"), "--config", join(dir, "config.yaml"), "--services-file", join(dir, "services.yaml"), "--v=2",
+        ],
+        { cwd: dir, env: { HOME: dir } },
+      );
+      try {
+        await arm64.waitFor(/Synced proxy rules/, 60_000);
+        expect(Object.keys(tally(await http(client(), NODE_IP, 30080, 12, dir))).sort()).toEqual(["pod0", "pod1", "pod2"]);
+        expect(arm64.stderr).not.toContain("Relay threads are unavailable");
+      } finally {
+        arm64.kill("SIGTERM");
+        await arm64.exited(20_000);
+      }
+    },
+    180_000,
   );
 });
