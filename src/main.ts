@@ -98,12 +98,12 @@ function backendFor(config: Config, apply: Apply, io: MainIO, logger: Logger, de
   if (apply === "print") {
     return new DryRunBackend(mode, planner, (plan) => io.stdout(plan));
   }
-  // Plan-only runs (the demo) relay on one thread and never write portal rules, even as root.
+  // Plan-only runs (the demo) relay on the main thread and never write portal rules, even as root.
   if (mode === "userspace") {
     return userspaceBackendFromConfig(config, {
       logger,
       registry: deps.metrics.registry,
-      ...(apply === "apply" ? { portals: "auto", health: deps.health } : { portals: "off", threads: 1 }),
+      ...(apply === "apply" ? { portals: "auto", health: deps.health } : { portals: "off", threads: 0 }),
     });
   }
   if (apply === "apply" && mode === "iptables") return iptablesBackendFromConfig(config, { metrics: deps.metrics, health: deps.health, logger });

@@ -438,7 +438,7 @@ describe("userspace backend on real relays (loopback)", () => {
     const nodePort = await closedPort();
     const logger = new CaptureLogger();
     const backend = new UserspaceBackend({
-      relays: new RelayPool({ threads: 1, logger }),
+      relays: new RelayPool({ threads: 0, logger }),
       exec: new FakeExec(),
       logger,
       portals: "off",

@@ -12,7 +12,8 @@ const FIXTURE = new URL("./fixtures/dual-stack-nodeport.ts", import.meta.url).pa
  */
 describe("dual-stack NodePort (in a network namespace)", () => {
   for (const [label, args] of [
-    ["relayed on the main thread", ["1"]],
+    ["relayed on the main thread", ["0"]],
+    ["relayed by one thread", ["1"]],
     ["relayed by two threads", ["2"]],
     ["ClientIP affinity (one thread per port)", ["2", "affinity"]],
   ] as const) {
