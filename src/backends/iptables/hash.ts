@@ -4,7 +4,7 @@
  * prefix plus the first 16 characters of base32(sha256(input)), which keeps every name within
  * iptables' 28-character limit.
  */
-import type { Endpoint, Protocol, ServicePort } from "../../model/types.ts";
+import type { Protocol, ServicePort } from "../../model/types.ts";
 import { joinHostPort } from "./ip.ts";
 
 export const SERVICE_CLUSTER_CHAIN_PREFIX = "KUBE-SVC-";
@@ -188,65 +188,7 @@ export function chainsOfServicePort(sp: ServicePort): ServicePortChains {
   return chains;
 }
 
-export interface EndpointNames {
-  /** `ip:port` (`[ip]:port` for IPv6), as it appears in DNAT targets and comments. */
-  readonly endpoint: string;
-  /** The KUBE-SEP chain. */
-  readonly chain: string;
-}
-
-interface EndpointNamesEntry extends EndpointNames {
-  readonly port: number;
-}
-
-/**
- * The endpoint names of one service port, by endpoint IP. Looking up by the IP string the model
- * already holds avoids building and hashing a fresh `name+protocol+ip:port` key for every endpoint
- * of every rebuilt service, which would otherwise be a large share of a sync.
- */
-export class EndpointNameTable {
-  private readonly byIP = new Map<string, EndpointNamesEntry>();
-
-  constructor(private readonly hashPrefix: string) {}
-
-  names(ep: Endpoint): EndpointNames {
-    const hit = this.byIP.get(ep.ip);
-    if (hit !== undefined && hit.port === ep.port) return hit;
-    const endpoint = joinHostPort(ep.ip, ep.port);
-    const entry = { port: ep.port, endpoint, chain: ENDPOINT_CHAIN_PREFIX + hash16(this.hashPrefix + endpoint) };
-    if (hit === undefined) endpointEntries++;
-    this.byIP.set(ep.ip, entry);
-    return entry;
-  }
-}
-
-const MAX_ENDPOINT_ENTRIES = 200_000;
-let endpointEntries = 0;
-const endpointTables = new Map<string, EndpointNameTable>();
-
-/** The name table of a service port; dropped wholesale with all others once they hold too many entries. */
-export function endpointNameTable(servicePortName: string, protocol: Protocol): EndpointNameTable {
-  const prefix = servicePortName + LOWER_PROTOCOL[protocol];
-  let table = endpointTables.get(prefix);
-  if (table === undefined) {
-    if (endpointEntries >= MAX_ENDPOINT_ENTRIES) {
-      endpointTables.clear();
-      endpointEntries = 0;
-    }
-    table = new EndpointNameTable(prefix);
-    endpointTables.set(prefix, table);
-  }
-  return table;
-}
-
-/** An endpoint's `ip:port` and KUBE-SEP chain for a service port. */
-export function endpointNames(servicePortName: string, protocol: Protocol, ep: Endpoint): EndpointNames {
-  return endpointNameTable(servicePortName, protocol).names(ep);
-}
-
 /** Forget remembered hashes (tests, or after a mass deletion of services). */
 export function clearChainNameCache(): void {
   cache.clear();
-  endpointTables.clear();
-  endpointEntries = 0;
 }

@@ -6,12 +6,11 @@ import {
   endpointChainHash,
   endpointChainName,
   endpointChainNameFor,
-  endpointNames,
   hash16,
   isServiceChainName,
   servicePortChains,
 } from "../../../src/backends/iptables/index.ts";
-import { endpoint, servicePort } from "./helpers.ts";
+import { servicePort } from "./helpers.ts";
 
 describe("base32", () => {
   // RFC 4648 section 10 test vectors.
@@ -74,17 +73,13 @@ describe("chain names", () => {
     expect(endpointChainNameFor("ns1/svc1:p80", "TCP", "10.180.0.1", 80)).toBe("KUBE-SEP-SXIVWICOYRO3J4NJ");
   });
 
-  test("per-object memos answer for the service port they were computed for", () => {
+  test("the per-object memo answers for the service port it was computed for; endpoint chains hash service port, protocol and endpoint", () => {
     const sp = servicePort("ns1", "svc1", "p80", { clusterIP: "172.30.0.41", port: 80 });
     expect(chainsOfServicePort(sp).cluster).toBe("KUBE-SVC-XPGD46QRK7WJZT7O");
-    const ep = endpoint("10.180.0.1", 80);
-    expect(endpointNames("ns1/svc1:p80", "TCP", ep)).toMatchObject({
-      endpoint: "10.180.0.1:80",
-      chain: "KUBE-SEP-SXIVWICOYRO3J4NJ",
-    });
-    // The same Endpoint object asked for another service port must not get the first one's chain.
-    expect(endpointNames("ns2/svc2:p80", "TCP", ep).chain).toBe(endpointChainName("ns2/svc2:p80", "TCP", "10.180.0.1:80"));
-    expect(endpointNames("ns1/svc1:p80", "UDP", ep).chain).toBe(endpointChainName("ns1/svc1:p80", "UDP", "10.180.0.1:80"));
+    // As generation names them: service port name + protocol + ip:port, hashed in one go.
+    expect(endpointChainHash("ns1/svc1:p80tcp10.180.0.1:80")).toBe("KUBE-SEP-SXIVWICOYRO3J4NJ");
+    expect(endpointChainHash("ns2/svc2:p80tcp10.180.0.1:80")).toBe(endpointChainName("ns2/svc2:p80", "TCP", "10.180.0.1:80"));
+    expect(endpointChainHash("ns1/svc1:p80udp10.180.0.1:80")).toBe(endpointChainName("ns1/svc1:p80", "UDP", "10.180.0.1:80"));
   });
 
   test("only per-service chain prefixes count as ours to delete", () => {
