@@ -18,7 +18,7 @@ import type { Logger } from "../../log.ts";
 import type { EndpointChooser } from "./load-balancer.ts";
 import type { CloseOptions, RelayStats } from "./proxy-socket.ts";
 import { ENDPOINT_DIAL_TIMEOUTS_MS, splitHostPort, Stat, STAT_SLOTS, statsFrom } from "./proxy-socket.ts";
-import type { TcpRelay } from "./tcp-relay.ts";
+import type { TcpRelay, TcpRelayOptions } from "./tcp-relay.ts";
 import type { Libc } from "./libc.ts";
 import {
   ACCEPT_FLAGS,
@@ -55,16 +55,8 @@ import {
   TCP_NODELAY,
 } from "./libc.ts";
 
-export interface EpollTcpRelayOptions {
-  readonly serviceKey: string;
-  readonly host: string;
-  readonly port: number;
-  readonly chooser: EndpointChooser;
-  readonly logger?: Logger;
-  readonly dialTimeoutsMs?: readonly number[];
-  readonly reusePort?: boolean;
-  readonly connectBufferBytes?: number;
-  readonly counters?: Float64Array;
+/** The Bun relay's options, but for `connect`: this relay dials on its own raw sockets. */
+export interface EpollTcpRelayOptions extends Omit<TcpRelayOptions, "connect"> {
   /** How long one epoll_wait may block (ms); 0 polls (for a thread with other work). Default 20. */
   readonly blockMs?: number;
   /**
