@@ -8,6 +8,19 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
+/** Backends "a" and "b", two relay threads sending port "svc" to a, and proof that they do. */
+async function twoThreadsServingA() {
+  const a = await startBackend(nameServer("a"));
+  const b = await startBackend(nameServer("b"));
+  cleanups.push(() => a.close(), () => b.close());
+  const pool = TcpRelayWorkers.start({ threads: 2 });
+  cleanups.push(() => pool.close());
+  pool.update("svc", [a.endpoint]);
+  const relay = await pool.listen({ serviceKey: "svc", host: HOST, port: 0 });
+  expect(await fetchName(relay.port)).toBe("a");
+  return { a, b, pool, relay };
+}
+
 describe("TCP relay threads", () => {
   test("two threads share one port; connections are relayed, counted and balanced over endpoints", async () => {
     const a = await startBackend(nameServer("a"));
@@ -35,14 +48,7 @@ describe("TCP relay threads", () => {
   });
 
   test("an endpoint change reaches every thread before the next connection", async () => {
-    const a = await startBackend(nameServer("a"));
-    const b = await startBackend(nameServer("b"));
-    cleanups.push(() => a.close(), () => b.close());
-    const pool = TcpRelayWorkers.start({ threads: 2 });
-    cleanups.push(() => pool.close());
-    pool.update("svc", [a.endpoint]);
-    const relay = await pool.listen({ serviceKey: "svc", host: HOST, port: 0 });
-    expect(await fetchName(relay.port)).toBe("a");
+    const { a, b, pool, relay } = await twoThreadsServingA();
     pool.update("svc", [b.endpoint]);
     // Messages to a thread arrive in order; a round trip through listen/close of another port proves
     // both threads have taken the update.
@@ -52,14 +58,7 @@ describe("TCP relay threads", () => {
   });
 
   test("an endpoint change applies to the very next connection, though the threads block in their wait", async () => {
-    const a = await startBackend(nameServer("a"));
-    const b = await startBackend(nameServer("b"));
-    cleanups.push(() => a.close(), () => b.close());
-    const pool = TcpRelayWorkers.start({ threads: 2 });
-    cleanups.push(() => pool.close());
-    pool.update("svc", [a.endpoint]);
-    const relay = await pool.listen({ serviceKey: "svc", host: HOST, port: 0 });
-    expect(await fetchName(relay.port)).toBe("a");
+    const { a, b, pool, relay } = await twoThreadsServingA();
     // No round trip in between: the connection comes right after the update, while a thread may be
     // blocked in epoll_wait with the update still in its message queue.
     const seen: string[] = [];
