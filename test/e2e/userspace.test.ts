@@ -216,32 +216,38 @@ describe("userspace mode end to end", () => {
     40_000,
   );
 
+  /**
+   * kproxy without root in the node namespace, on the base services: the root kproxy of earlier tests
+   * is stopped and its rules removed first, so the test stands alone even when one failed half way.
+   * The unprivileged user may not be able to read the checkout (a private clone directory), so it
+   * runs kproxy compiled for `target` into the test's own world-readable folder, through `runner`
+   * (an emulator) when one is given.
+   */
+  async function unprivilegedKproxy(target: "x64" | "arm64", buildTimeoutMs: number, runner: readonly string[] = []): Promise<Child> {
+    if (kproxy) {
+      await kproxy.stop();
+      kproxy = undefined;
+      await KproxyInNamespace.cleanup(node()).exited(20_000);
+    }
+    await publish(base());
+    const build = new Child([process.execPath, join(ROOT, "build.ts"), "--target", target, "--outdir", dir], { cwd: ROOT });
+    expect(await build.exited(buildTimeoutMs)).toBe(0);
+    const binary = join(dir, target === "arm64" ? "kproxy-linux-arm64" : "kproxy");
+    return new Child(
+      [
+        "ip", "netns", "exec", node().name,
+        "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+        ...runner,
+        binary, "--config", join(dir, "config.yaml"), "--services-file", join(dir, "services.yaml"), "--v=2",
+      ],
+      { cwd: dir, env: { HOME: dir } },
+    );
+  }
+
   e2e(
     "without root: no portal rules, NodePorts served by listening on them, one warning saying what is unreachable",
     async () => {
-      // Stand alone even when an earlier test failed half way.
-      if (kproxy) {
-        await kproxy.stop();
-        kproxy = undefined;
-        await KproxyInNamespace.cleanup(node()).exited(20_000);
-      }
-      await publish(base());
-      // The unprivileged user may not be able to read the checkout (a private clone directory), so it
-      // runs kproxy compiled into the test's own world-readable folder.
-      const build = new Child(
-        [process.execPath, join(ROOT, "build.ts"), "--target", process.arch === "arm64" ? "arm64" : "x64", "--outdir", dir],
-        { cwd: ROOT },
-      );
-      expect(await build.exited(60_000)).toBe(0);
-      const binary = join(dir, process.arch === "arm64" ? "kproxy-linux-arm64" : "kproxy");
-      const unprivileged = new Child(
-        [
-          "ip", "netns", "exec", node().name,
-          "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
-          binary, "--config", join(dir, "config.yaml"), "--services-file", join(dir, "services.yaml"), "--v=2",
-        ],
-        { cwd: dir, env: { HOME: dir } },
-      );
+      const unprivileged = await unprivilegedKproxy(process.arch === "arm64" ? "arm64" : "x64", 60_000);
       try {
         await unprivileged.waitFor(/Synced proxy rules/, 15_000);
         expect(Object.keys(tally(await http(client(), NODE_IP, 30080, 12, dir))).sort()).toEqual(["pod0", "pod1", "pod2"]);
@@ -262,24 +268,8 @@ describe("userspace mode end to end", () => {
   arm64e2e(
     "the arm64 binary (under qemu-user) relays NodePort traffic to every pod on its relay threads",
     async () => {
-      if (kproxy) {
-        await kproxy.stop();
-        kproxy = undefined;
-        await KproxyInNamespace.cleanup(node()).exited(20_000);
-      }
-      await publish(base());
-      const build = new Child([process.execPath, join(ROOT, "build.ts"), "--target", "arm64", "--outdir", dir], { cwd: ROOT });
-      expect(await build.exited(120_000)).toBe(0);
       // Unprivileged, like the run above, so it writes no rules and listens on the NodePort itself.
-      const arm64 = new Child(
-        [
-          "ip", "netns", "exec", node().name,
-          "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
-          "qemu-aarch64-static", "-L", ARM64_LIBS,
-          join(dir, "kproxy-linux-arm64"), "--config", join(dir, "config.yaml"), "--services-file", join(dir, "services.yaml"), "--v=2",
-        ],
-        { cwd: dir, env: { HOME: dir } },
-      );
+      const arm64 = await unprivilegedKproxy("arm64", 120_000, ["qemu-aarch64-static", "-L", ARM64_LIBS]);
       try {
         await arm64.waitFor(/Synced proxy rules/, 60_000);
         expect(Object.keys(tally(await http(client(), NODE_IP, 30080, 12, dir))).sort()).toEqual(["pod0", "pod1", "pod2"]);
