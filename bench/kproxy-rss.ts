@@ -20,6 +20,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { loadavg, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { ClusterSpec } from "./fixtures/cluster.ts";
+import { spawnApiServer } from "./watch/spawn.ts";
 
 const ROOT = join(import.meta.dir, "..");
 const NODE = "bench-node";
@@ -81,21 +82,8 @@ async function worker(): Promise<Sample> {
   const dir = await mkdtemp(join(tmpdir(), "kproxy-rss-"));
   try {
     const spec: ClusterSpec = { services, endpoints: services * 5, localNode: NODE };
-    const server = Bun.spawn([process.execPath, join(ROOT, "bench/watch/server.ts"), JSON.stringify(spec)], {
-      stdin: "pipe",
-      stdout: "pipe",
-      stderr: "inherit",
-    });
+    const { process: server, url, caPem, token } = await spawnApiServer(spec);
     started.push(server);
-    const reader = server.stdout.getReader();
-    let head = "";
-    while (!head.includes("\n")) {
-      const { value, done } = await reader.read();
-      if (done) throw new Error("the API server ended early");
-      head += new TextDecoder().decode(value);
-    }
-    reader.releaseLock();
-    const { url, caPem, token } = JSON.parse(head.slice(0, head.indexOf("\n"))) as { url: string; caPem: string; token: string };
 
     await writeFile(join(dir, "ca.pem"), caPem);
     await writeFile(

@@ -12,7 +12,6 @@
  * Usage: bun bench/watch.ts [--services N] [--endpoints N] [--events N]
  */
 import { loadavg } from "node:os";
-import { join } from "node:path";
 import { KubeClient } from "../src/kube/client.ts";
 import type { RestConfig } from "../src/kube/kubeconfig.ts";
 import { staticToken } from "../src/kube/token.ts";
@@ -20,6 +19,7 @@ import { silentLogger } from "../src/log.ts";
 import { ProxyModel } from "../src/model/tracker.ts";
 import { ApiSource } from "../src/source/api.ts";
 import type { ClusterSpec } from "./fixtures/cluster.ts";
+import { spawnApiServer } from "./watch/spawn.ts";
 
 function arg(name: string, fallback: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -31,19 +31,7 @@ const spec: ClusterSpec = { services: arg("services", 10000), endpoints: arg("en
 const eventCount = arg("events", 10000);
 const PAGE = 500;
 
-const server = Bun.spawn([process.execPath, join(import.meta.dir, "watch", "server.ts"), JSON.stringify(spec)], {
-  stdin: "pipe",
-  stdout: "pipe",
-  stderr: "inherit",
-});
-const stdoutReader = server.stdout.getReader();
-let head = "";
-while (!head.includes("\n")) {
-  const { value, done } = await stdoutReader.read();
-  if (done) throw new Error("API server process ended early");
-  head += new TextDecoder().decode(value);
-}
-const { url, caPem, token } = JSON.parse(head.slice(0, head.indexOf("\n"))) as { url: string; caPem: string; token: string };
+const { process: server, url, caPem, token } = await spawnApiServer(spec);
 
 function percentile(sorted: readonly number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
