@@ -5,6 +5,7 @@
  */
 import { dlopen, FFIType, ptr, read } from "bun:ffi";
 import type { Pointer } from "bun:ffi";
+import { formatIP, parseIP } from "../../config/net.ts";
 
 const T = FFIType;
 
@@ -106,24 +107,15 @@ export function pinned(bytes: number): { bytes: Uint8Array; view: DataView; at: 
 
 /** struct sockaddr_in / sockaddr_in6 for an IP literal and port; undefined when `host` is no IP. */
 export function sockaddr(host: string, port: number): Uint8Array | undefined {
-  if (host.includes(":")) {
-    const addr = parseIPv6(host);
-    if (!addr) return undefined;
-    const ab = new ArrayBuffer(28);
-    const v = new DataView(ab);
-    v.setUint16(0, AF_INET6, true);
-    v.setUint16(2, port, false);
-    new Uint8Array(ab).set(addr, 8);
-    return new Uint8Array(ab);
-  }
-  const addr = parseIPv4(host);
-  if (!addr) return undefined;
-  const ab = new ArrayBuffer(16);
-  const v = new DataView(ab);
-  v.setUint16(0, AF_INET, true);
+  const ip = parseIP(host);
+  if (!ip) return undefined;
+  const v6 = ip.family === 6;
+  const out = new Uint8Array(v6 ? 28 : 16);
+  const v = new DataView(out.buffer);
+  v.setUint16(0, v6 ? AF_INET6 : AF_INET, true);
   v.setUint16(2, port, false);
-  new Uint8Array(ab).set(addr, 4);
-  return new Uint8Array(ab);
+  out.set(ip.bytes, v6 ? 8 : 4);
+  return out;
 }
 
 /** The IP of a sockaddr filled in by accept4, as the affinity key (v4-mapped IPv6 as plain IPv4). */
@@ -132,74 +124,10 @@ export function sockaddrIP(view: DataView): string {
   let mapped = view.getUint16(18, false) === 0xffff;
   for (let i = 8; i < 18 && mapped; i++) if (view.getUint8(i) !== 0) mapped = false;
   if (mapped) return `${view.getUint8(20)}.${view.getUint8(21)}.${view.getUint8(22)}.${view.getUint8(23)}`;
-  const groups: string[] = [];
-  for (let i = 0; i < 8; i++) groups.push(view.getUint16(8 + 2 * i, false).toString(16));
-  return compressIPv6(groups);
+  return formatIP({ family: 6, bytes: new Uint8Array(view.buffer, view.byteOffset + 8, 16) });
 }
 
 /** The port of a sockaddr filled in by getsockname. */
 export function sockaddrPort(view: DataView): number {
   return view.getUint16(2, false);
-}
-
-function compressIPv6(groups: string[]): string {
-  let bestAt = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8; ) {
-    if (groups[i] !== "0") {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === "0") j++;
-    if (j - i > bestLen) {
-      bestAt = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  if (bestAt < 0) return groups.join(":");
-  return `${groups.slice(0, bestAt).join(":")}::${groups.slice(bestAt + bestLen).join(":")}`;
-}
-
-function parseIPv4(s: string): number[] | undefined {
-  const parts = s.split(".");
-  if (parts.length !== 4) return undefined;
-  const out: number[] = [];
-  for (const p of parts) {
-    if (!/^\d{1,3}$/.test(p)) return undefined;
-    const n = Number(p);
-    if (n > 255) return undefined;
-    out.push(n);
-  }
-  return out;
-}
-
-function parseIPv6(s: string): Uint8Array | undefined {
-  const zone = s.indexOf("%");
-  if (zone >= 0) s = s.slice(0, zone);
-  let tail: number[] = [];
-  const lastColon = s.lastIndexOf(":");
-  if (s.slice(lastColon + 1).includes(".")) {
-    const v4 = parseIPv4(s.slice(lastColon + 1));
-    if (!v4) return undefined;
-    tail = [(v4[0]! << 8) | v4[1]!, (v4[2]! << 8) | v4[3]!];
-    const before = s.slice(0, lastColon);
-    s = before.endsWith(":") ? `${before}:` : before;
-  }
-  const halves = s.split("::");
-  if (halves.length > 2) return undefined;
-  const parse = (part: string) => (part === "" ? [] : part.split(":").map((g) => (/^[0-9a-fA-F]{1,4}$/.test(g) ? parseInt(g, 16) : NaN)));
-  const head = parse(halves[0] ?? "");
-  const rest = halves.length === 2 ? parse(halves[1] ?? "") : [];
-  const given = head.length + rest.length + tail.length;
-  if (head.some(Number.isNaN) || rest.some(Number.isNaN)) return undefined;
-  if (halves.length === 1 ? given !== 8 : given > 7) return undefined;
-  const groups = [...head, ...new Array<number>(8 - given).fill(0), ...rest, ...tail];
-  const out = new Uint8Array(16);
-  groups.forEach((g, i) => {
-    out[2 * i] = g >> 8;
-    out[2 * i + 1] = g & 0xff;
-  });
-  return out;
 }
