@@ -1,11 +1,15 @@
 import type { IPFamily, Protocol } from "../model/types.ts";
 import type { Exec } from "./exec.ts";
 
-/** One group of flows to delete (the same shapes as the single-call methods below). */
+/** One group of flows to delete, in one `conntrack -D` or as one line of a batch. */
 export type ConntrackFilter =
+  /** Every entry to a service IP (say, the service had no endpoints before). */
   | { readonly kind: "serviceIP"; readonly family: IPFamily; readonly protocol: Protocol; readonly ip: string }
+  /** Every entry to a NodePort. */
   | { readonly kind: "port"; readonly family: IPFamily; readonly protocol: Protocol; readonly port: number }
+  /** Entries to a service IP NATed to one endpoint (one that went away). */
   | { readonly kind: "serviceNAT"; readonly family: IPFamily; readonly protocol: Protocol; readonly serviceIP: string; readonly endpointIP: string }
+  /** Entries to a NodePort NATed to one endpoint. */
   | { readonly kind: "portNAT"; readonly family: IPFamily; readonly protocol: Protocol; readonly port: number; readonly endpointIP: string };
 
 /** The `conntrack` arguments after `-D` that select a filter's flows. */
@@ -34,10 +38,10 @@ export class Conntrack {
     private readonly binary = "conntrack",
   ) {}
 
-  private async delete(family: IPFamily, args: readonly string[]): Promise<void> {
-    const argv = [this.binary, "-D", ...args];
-    if (family === "IPv6") argv.push("-f", "ipv6");
-    const result = await this.exec.run(argv, { timeoutMs: 30_000 });
+  /** Deletes one filter's flows with a `conntrack -D` of its own. */
+  async deleteOne(filter: ConntrackFilter): Promise<void> {
+    const args = conntrackFilterArgs(filter);
+    const result = await this.exec.run([this.binary, "-D", ...args], { timeoutMs: 30_000 });
     if (result.code !== 0 && !/0 flow entries have been deleted/.test(result.stderr)) {
       throw new Error(`conntrack ${args.join(" ")}: ${result.stderr.trim() || `exit ${result.code}`}`);
     }
@@ -58,21 +62,21 @@ export class Conntrack {
 
   /** Entries whose original destination is a service IP (ClusterIP, external or LB IP). */
   clearServiceIP(family: IPFamily, protocol: Protocol, ip: string): Promise<void> {
-    return this.delete(family, ["--orig-dst", ip, "-p", protocol.toLowerCase()]);
+    return this.deleteOne({ kind: "serviceIP", family, protocol, ip });
   }
 
   /** Entries for a NodePort. */
   clearPort(family: IPFamily, protocol: Protocol, port: number): Promise<void> {
-    return this.delete(family, ["-p", protocol.toLowerCase(), "--dport", String(port)]);
+    return this.deleteOne({ kind: "port", family, protocol, port });
   }
 
   /** Entries from a service IP that were NATed to one endpoint that went away. */
   clearServiceNAT(family: IPFamily, protocol: Protocol, serviceIP: string, endpointIP: string): Promise<void> {
-    return this.delete(family, ["--orig-dst", serviceIP, "--dst-nat", endpointIP, "-p", protocol.toLowerCase()]);
+    return this.deleteOne({ kind: "serviceNAT", family, protocol, serviceIP, endpointIP });
   }
 
   /** Entries for a NodePort that were NATed to one endpoint that went away. */
   clearPortNAT(family: IPFamily, protocol: Protocol, port: number, endpointIP: string): Promise<void> {
-    return this.delete(family, ["-p", protocol.toLowerCase(), "--dport", String(port), "--dst-nat", endpointIP]);
+    return this.deleteOne({ kind: "portNAT", family, protocol, port, endpointIP });
   }
 }

@@ -8,31 +8,12 @@
  */
 import type { Logger } from "../../log.ts";
 import { categorizeEndpoints } from "../../model/topology.ts";
-import type { Endpoint, IPFamily, Protocol, ServicePort, Snapshot } from "../../model/types.ts";
-import type { Conntrack } from "../../system/conntrack.ts";
+import type { Endpoint, Protocol, ServicePort, Snapshot } from "../../model/types.ts";
+import type { Conntrack, ConntrackFilter } from "../../system/conntrack.ts";
 import type { CategorizeEndpoints } from "./rules.ts";
 
-export type ConntrackOp =
-  /** Every entry to a service IP (the service had no endpoints before). */
-  | { readonly kind: "serviceIP"; readonly family: IPFamily; readonly protocol: Protocol; readonly ip: string }
-  /** Every entry to a NodePort (the service had no endpoints before). */
-  | { readonly kind: "port"; readonly family: IPFamily; readonly protocol: Protocol; readonly port: number }
-  /** Entries to a service IP NATed to an endpoint that went away. */
-  | {
-      readonly kind: "serviceNAT";
-      readonly family: IPFamily;
-      readonly protocol: Protocol;
-      readonly serviceIP: string;
-      readonly endpointIP: string;
-    }
-  /** Entries to a NodePort NATed to an endpoint that went away. */
-  | {
-      readonly kind: "portNAT";
-      readonly family: IPFamily;
-      readonly protocol: Protocol;
-      readonly port: number;
-      readonly endpointIP: string;
-    };
+/** Flows a sync makes stale: the filters the Conntrack tool deletes by. */
+export type ConntrackOp = ConntrackFilter;
 
 const CONNECTIONLESS: ReadonlySet<Protocol> = new Set(["UDP", "SCTP"]);
 const NONE: readonly Endpoint[] = [];
@@ -107,20 +88,7 @@ export async function clearStaleConntrack(conntrack: Conntrack, ops: readonly Co
   let failures = 0;
   for (const op of ops) {
     try {
-      switch (op.kind) {
-        case "serviceIP":
-          await conntrack.clearServiceIP(op.family, op.protocol, op.ip);
-          break;
-        case "port":
-          await conntrack.clearPort(op.family, op.protocol, op.port);
-          break;
-        case "serviceNAT":
-          await conntrack.clearServiceNAT(op.family, op.protocol, op.serviceIP, op.endpointIP);
-          break;
-        case "portNAT":
-          await conntrack.clearPortNAT(op.family, op.protocol, op.port, op.endpointIP);
-          break;
-      }
+      await conntrack.deleteOne(op);
     } catch (err) {
       failures++;
       // One line is enough to explain a missing conntrack binary; the rest would repeat it.
