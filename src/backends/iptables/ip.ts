@@ -3,16 +3,14 @@
  * CIDR membership, on the one parser in config/net.ts. Addresses arrive already validated by the
  * model, so these answer "no" rather than throw on anything they cannot read.
  */
-import { cidrContains as contains, joinHostPort as join, parseIP } from "../../config/net.ts";
+import { cidrContains as contains, parseIP } from "../../config/net.ts";
 import type { IPFamily } from "../../model/types.ts";
+
+/** As Go's net.JoinHostPort: IPv6 literals are bracketed. */
+export { joinHostPort } from "../../config/net.ts";
 
 export function familyOf(ip: string): IPFamily {
   return ip.includes(":") ? "IPv6" : "IPv4";
-}
-
-/** As Go's net.JoinHostPort: IPv6 literals are bracketed. */
-export function joinHostPort(ip: string, port: number): string {
-  return join(ip, port);
 }
 
 /** 127.0.0.0/8, ::1, and IPv4-mapped 127.0.0.0/8 (::ffff:127.x.y.z). */
