@@ -48,10 +48,6 @@ export interface ReflectorOptions {
   readonly backoff?: Partial<BackoffPolicy>;
 }
 
-interface CacheEntry {
-  readonly rv: string;
-  readonly object: RawObject;
-}
 
 /** A watch that ends with no events in less than this is treated as a failure, as upstream does. */
 const shortWatchMs = 1000;
@@ -69,7 +65,12 @@ export class Reflector {
   readonly #random: () => number;
   readonly #logger: Logger;
   readonly #backoff: Backoff;
-  readonly #cache = new Map<string, CacheEntry>();
+  /**
+   * resourceVersion by key of every object held. Consumers keep their own parsed state, and a delete
+   * event needs only the object's name: keeping more (labels, uid, the raw object) costs megabytes
+   * at ten thousand services.
+   */
+  readonly #cache = new Map<string, string>();
   #rv = "";
   #synced = false;
 
@@ -91,11 +92,11 @@ export class Reflector {
   }
 
   /**
-   * The cached objects by `namespace/name` (or `name` for cluster-scoped ones), as identities: kind,
-   * apiVersion and the identifying metadata, which is what a deletion found by a re-list reports.
+   * The cached objects by `namespace/name` (or `name` for cluster-scoped ones), as identities: name,
+   * namespace and resourceVersion, which is what a deletion found by a re-list reports.
    */
   get objects(): ReadonlyMap<string, RawObject> {
-    return new Map([...this.#cache].map(([key, entry]) => [key, entry.object]));
+    return new Map([...this.#cache].map(([key, rv]) => [key, identityOf(key, rv)]));
   }
 
   /** Lists and watches until `signal` aborts. Never rejects for API trouble; it retries instead. */
@@ -233,9 +234,8 @@ export class Reflector {
         continue;
       }
       seen.add(meta.key);
-      const known = this.#cache.get(meta.key);
-      if (known && known.rv === meta.rv && meta.rv !== "") continue;
-      this.#cache.set(meta.key, { rv: meta.rv, object: identityOf(item as RawObject) });
+      if (meta.rv !== "" && this.#cache.get(meta.key) === meta.rv) continue;
+      this.#cache.set(meta.key, meta.rv);
       upserts++;
       this.#emit("upsert", item as RawObject);
     }
@@ -245,11 +245,11 @@ export class Reflector {
   /** The list is complete: what it did not contain is gone. */
   #finishList(seen: ReadonlySet<string>, rv: string, stats: { items: number; upserts: number }): void {
     let deletes = 0;
-    for (const [key, entry] of this.#cache) {
+    for (const [key, rv] of this.#cache) {
       if (seen.has(key)) continue;
       this.#cache.delete(key);
       deletes++;
-      this.#emit("delete", entry.object);
+      this.#emit("delete", identityOf(key, rv));
     }
     this.#rv = rv;
     this.#logger.debug(2, "Listed", { items: stats.items, upserts: stats.upserts, deletes, resourceVersion: rv });
@@ -282,9 +282,8 @@ export class Reflector {
     if (event.type === "DELETED") {
       if (this.#cache.delete(meta.key)) this.#emit("delete", event.object);
     } else {
-      const known = this.#cache.get(meta.key);
-      if (!(known && known.rv === meta.rv && meta.rv !== "")) {
-        this.#cache.set(meta.key, { rv: meta.rv, object: identityOf(event.object) });
+      if (!(meta.rv !== "" && this.#cache.get(meta.key) === meta.rv)) {
+        this.#cache.set(meta.key, meta.rv);
         this.#emit("upsert", event.object);
       }
     }
@@ -334,17 +333,11 @@ export function metaOf(obj: unknown): Meta | undefined {
   return { key, rv: typeof resourceVersion === "string" ? resourceVersion : "" };
 }
 
-/**
- * What the cache keeps of an object: enough to name it in a delete event. Consumers keep their own
- * parsed state, so holding every raw object here would double kproxy's memory for nothing.
- */
-function identityOf(obj: RawObject): RawObject {
-  const metadata = (obj["metadata"] ?? {}) as Record<string, unknown>;
-  const identity: Record<string, unknown> = { name: metadata["name"] };
-  for (const field of ["namespace", "uid", "resourceVersion", "labels"] as const) {
-    if (metadata[field] !== undefined) identity[field] = metadata[field];
-  }
-  return { apiVersion: obj["apiVersion"], kind: obj["kind"], metadata: identity };
+/** What a delete found by a re-list reports: the object's name (and namespace) and last resourceVersion. */
+function identityOf(key: string, rv: string): RawObject {
+  const slash = key.indexOf("/");
+  const metadata = slash < 0 ? { name: key, resourceVersion: rv } : { namespace: key.slice(0, slash), name: key.slice(slash + 1), resourceVersion: rv };
+  return { metadata };
 }
 
 function rvOf(obj: unknown): string {
