@@ -19,9 +19,18 @@ export interface SyncLoopOptions {
   readonly syncPeriodMs: number;
   /** First retry delay after a failed sync; doubles per consecutive failure up to syncPeriod. */
   readonly retryBaseMs?: number;
+  /**
+   * Collects garbage after a successful full sync (default: a full collection, `Bun.gc(true)`).
+   * A full sync leaves its rules text behind (tens of MB at 10,000 services); the engine collects
+   * when allocation goes on, and an idle node allocates next to nothing, so without this that
+   * memory stays resident until some later sync. About 50 ms per full sync at 10,000 services.
+   */
+  readonly collectGarbage?: () => void;
   /** Called after every sync attempt (tests and --dry-run use it). */
   readonly onSynced?: (outcome: { ok: boolean; full: boolean; error?: unknown }) => void;
 }
+
+const collectAll = () => Bun.gc(true);
 
 /**
  * Drives the backend from the model: every model change queues a sync on a bounded-frequency
@@ -108,6 +117,7 @@ export class SyncLoop {
       endpoints: result.endpoints,
       elapsed: `${endedMs - startedMs}ms`,
     });
+    if (full) (this.options.collectGarbage ?? collectAll)();
     this.options.onSynced?.({ ok: true, full });
   }
 

@@ -44,6 +44,7 @@ function setup() {
   const health = new ProxierHealth({ healthTimeoutMs: 60_000, clock });
   const metrics = createMetrics({ mode: "iptables", proc: null });
   const outcomes: boolean[] = [];
+  const collections: number[] = [];
   const loop = new SyncLoop({
     model,
     backend,
@@ -54,8 +55,9 @@ function setup() {
     minSyncPeriodMs: 1000,
     syncPeriodMs: 30_000,
     onSynced: (o) => outcomes.push(o.ok),
+    collectGarbage: () => collections.push(backend.syncs.length),
   });
-  return { clock, model, backend, health, metrics, loop, outcomes };
+  return { clock, model, backend, health, metrics, loop, outcomes, collections };
 }
 
 async function until(what: string, cond: () => boolean, timeoutMs = 2000): Promise<void> {
@@ -87,6 +89,8 @@ describe("SyncLoop", () => {
       expect(second.full).toBe(false);
       expect([...second.changed]).toEqual(["IPv4/default/api:http/TCP"]);
       expect(t.health.status().healthy).toBe(true);
+      // Garbage is collected after the full sync only (a partial one leaves little behind).
+      expect(t.collections).toEqual([1]);
     } finally {
       ac.abort();
       await running;
@@ -155,6 +159,8 @@ describe("SyncLoop", () => {
       await until("periodic sync", () => t.backend.syncs.length === 2);
       expect(t.backend.syncs[1]!.changes.full).toBe(true);
       expect(t.backend.syncs[1]!.changes.changed.size).toBe(0);
+      await until("collection after the periodic sync", () => t.collections.length === 2);
+      expect(t.collections).toEqual([1, 2]);
     } finally {
       ac.abort();
       await running;

@@ -39,7 +39,7 @@ import { clearStaleConntrack, staleConntrackOps } from "./conntrack-cleanup.ts";
 import { isLoopback } from "./ip.ts";
 import type { RuleOptions } from "./options.ts";
 import { applySysctls } from "./sysctls.ts";
-import { type CategorizeEndpoints, type GenerateContext, generateRules, type RulesMemory } from "./rules.ts";
+import { type CategorizeEndpoints, type GenerateContext, type GeneratedRules, generateRules, type RulesMemory } from "./rules.ts";
 
 /** The part of ServiceHealthServer the backend drives (health check node ports). */
 export interface ServiceHealthPorts {
@@ -446,27 +446,23 @@ export class IptablesBackend implements Backend {
     const context: GenerateContext = partial
       ? { categorize: this.categorize, changed: changes.changed, existingChains: existing, ...(previous ? { previous } : {}) }
       : { categorize: this.categorize, existingChains: existing };
-    const generated = generateRules(snapshot, state.family, options, context);
-
-    let trimmed: { text: string; contents: ReadonlyMap<string, string>; skipped: number };
-    if (generated.topLevelUnchanged && state.topLevel) {
-      trimmed = { text: generated.text, contents: state.topLevel, skipped: state.topLevel.size };
-    } else {
-      const contents = chainContents(generated.topLevelText(), isTopLevelChain);
-      trimmed =
-        partial && state.topLevel
-          ? { ...withoutUnchangedChains(generated.text, contents, state.topLevel), contents }
-          : { text: generated.text, contents, skipped: 0 };
-    }
-    const pieceLines = this.options.pieceLines ?? DEFAULT_PIECE_LINES;
-    // A partial sync can be large too (a namespace deleted, a node's pods moved at once).
-    const pieces =
-      state.iptables.flavour === "nft" && pieceLines > 0
-        ? splitRestoreInput(trimmed.text, pieceLines)
-        : [trimmed.text];
+    // A full nft restore of 10,000 services takes seconds per piece: holding the whole input as well
+    // as every piece until the last one lands would keep two copies (about 45 MB) resident all that
+    // time. Only the pieces are kept here (the generation is not held by this frame), each dropped
+    // once restored.
+    const { activeNatChains, memory, counts, pieces, topLevel, skipped } = this.restoreInput(
+      state,
+      generateRules(snapshot, state.family, options, context),
+      partial,
+    );
+    const pieceCount = pieces.length;
     try {
-      // Nothing changed in what the kernel holds (e.g. an update that leaves the rules as they were).
-      for (const piece of pieces) if (piece !== "") await state.iptables.restore(piece);
+      for (let i = 0; i < pieces.length; i++) {
+        const piece = pieces[i] as string;
+        pieces[i] = "";
+        // Nothing changed in what the kernel holds (e.g. an update that leaves the rules as they were).
+        if (piece !== "") await state.iptables.restore(piece);
+      }
     } catch (err) {
       metrics.iptablesRestoreFailuresTotal.inc();
       if (partial) metrics.iptablesPartialRestoreFailuresTotal.inc();
@@ -477,25 +473,52 @@ export class IptablesBackend implements Backend {
       throw err;
     }
     state.ready = true;
-    state.natChains = generated.activeNatChains;
-    state.topLevel = trimmed.contents;
-    state.memory = generated.memory;
+    state.natChains = activeNatChains;
+    state.topLevel = topLevel;
+    state.memory = memory;
     logger.debug(3, "Restored iptables rules", {
       family: state.family,
       partial,
-      pieces: pieces.length,
-      unchangedChainsSkipped: trimmed.skipped,
-      natRules: generated.counts.natRules,
-      deletedChains: generated.counts.deletedChains,
+      pieces: pieceCount,
+      unchangedChainsSkipped: skipped,
+      natRules: counts.natRules,
+      deletedChains: counts.deletedChains,
     });
     return {
-      filter: generated.counts.filterRules,
-      nat: partial ? generated.counts.natRules : generated.counts.natRulesTotal,
+      filter: counts.filterRules,
+      nat: partial ? counts.natRules : counts.natRulesTotal,
       partial,
       // Counted over every service port, partial sync or not: the top-level chains are always rewritten.
-      noLocalInternal: generated.counts.noLocalEndpointsInternal,
-      noLocalExternal: generated.counts.noLocalEndpointsExternal,
+      noLocalInternal: counts.noLocalEndpointsInternal,
+      noLocalExternal: counts.noLocalEndpointsExternal,
     };
+  }
+
+  /**
+   * What to restore for a generation: the input in pieces (nft) or whole, without the top-level
+   * chains the kernel already holds as they are, and the top-level chains' contents to remember.
+   * The generation's text is not referenced by anything returned except through the pieces.
+   */
+  private restoreInput(
+    state: FamilyState,
+    generated: GeneratedRules,
+    partial: boolean,
+  ): Pick<GeneratedRules, "activeNatChains" | "memory" | "counts"> & { pieces: string[]; topLevel: ReadonlyMap<string, string>; skipped: number } {
+    let text = generated.text;
+    let topLevel: ReadonlyMap<string, string>;
+    let skipped = 0;
+    if (generated.topLevelUnchanged && state.topLevel) {
+      topLevel = state.topLevel;
+      skipped = state.topLevel.size;
+    } else {
+      topLevel = chainContents(generated.topLevelText(), isTopLevelChain);
+      if (partial && state.topLevel) ({ text, skipped } = withoutUnchangedChains(text, topLevel, state.topLevel));
+    }
+    const pieceLines = this.options.pieceLines ?? DEFAULT_PIECE_LINES;
+    // A partial sync can be large too (a namespace deleted, a node's pods moved at once).
+    const pieces = state.iptables.flavour === "nft" && pieceLines > 0 ? splitRestoreInput(text, pieceLines) : [text];
+    const { activeNatChains, memory, counts } = generated;
+    return { activeNatChains, memory, counts, pieces, topLevel, skipped };
   }
 
   plan(snapshot: Snapshot): string {
