@@ -10,7 +10,9 @@
  * first full sync sets.
  *
  *   bun bench/kproxy-rss.ts [--services N] [--flavour nft|legacy] [--binary dist/kproxy] [--runs 3] [--sample-seconds 60]
- *                           [--bun-flags "--smol"]
+ *                           [--bun-flags "--smol"] [--series]
+ *
+ * `--series` also prints each run's RSS every 2 s (to stderr).
  *
  * Without --binary, kproxy runs from source on this Bun. Runs as root; everything it starts is
  * stopped by PID and the namespace is deleted in `finally`.
@@ -38,14 +40,18 @@ const runs = Number(arg("runs", "3"));
 const sampleSeconds = Number(arg("sample-seconds", "60"));
 /** Extra Bun runtime flags for the from-source run (e.g. --smol), to compare memory settings. */
 const bunFlags = arg("bun-flags", "").split(" ").filter((f) => f !== "");
+const printSeries = process.argv.includes("--series");
 
 interface Sample {
   firstSyncS: number;
   syncedMB: number;
   medianMB: number;
+  lowestMB: number;
   highestMB: number;
   peakMB: number;
   fullSyncs: number;
+  /** Mean wall time of a full sync (the first one included). */
+  fullSyncS: number;
 }
 
 function statusMB(pid: number, field: "VmRSS" | "VmHWM"): number {
@@ -124,18 +130,26 @@ async function worker(): Promise<Sample> {
     const firstSyncS = Math.round((performance.now() - start) / 100) / 10;
     const syncedMB = statusMB(kproxy.pid, "VmRSS");
     const samples: number[] = [];
-    const until = performance.now() + sampleSeconds * 1000;
+    const t0 = performance.now();
+    const until = t0 + sampleSeconds * 1000;
+    const series: string[] = [];
     while (performance.now() < until) {
-      samples.push(statusMB(kproxy.pid, "VmRSS"));
+      const mb = statusMB(kproxy.pid, "VmRSS");
+      if (samples.length % 4 === 0) series.push(`${Math.round((performance.now() - t0) / 1000)}s:${Math.round(mb)}`);
+      samples.push(mb);
       await Bun.sleep(500);
     }
+    // Every 2 s, to see where the full syncs fall and how memory comes back after each.
+    if (printSeries) console.error(`RSS series (MB): ${series.join(" ")}`);
     samples.sort((a, b) => a - b);
     const medianMB = samples[Math.floor(samples.length / 2)] ?? NaN;
     const highestMB = samples.at(-1) ?? NaN;
     const peakMB = statusMB(kproxy.pid, "VmHWM");
     const fullSyncs = (await fullSyncsDone()) ?? 0;
+    const fullSyncSeconds = ((await metric("kubeproxy_sync_full_proxy_rules_duration_seconds_sum")) ?? NaN) / fullSyncs;
     server.stdin.write("quit\n");
-    return { firstSyncS, syncedMB, medianMB, highestMB, peakMB, fullSyncs };
+    const lowestMB = samples[0] ?? NaN;
+    return { firstSyncS, syncedMB, medianMB, lowestMB, highestMB, peakMB, fullSyncs, fullSyncS: Math.round(fullSyncSeconds * 10) / 10 };
   } finally {
     for (const p of started.reverse()) {
       p.kill("SIGTERM");
@@ -177,7 +191,8 @@ if (process.argv.includes("--worker")) {
   console.log(`first full sync after start      ${range((s) => s.firstSyncS)} s`);
   console.log(`RSS after the first full sync    ${range((s) => s.syncedMB)} MB`);
   console.log(`RSS over the next ${sampleSeconds} s, median  ${range((s) => s.medianMB)} MB   (goal < 150 MB)`);
+  console.log(`RSS over the next ${sampleSeconds} s, lowest  ${range((s) => s.lowestMB)} MB   (between full syncs)`);
   console.log(`RSS over the next ${sampleSeconds} s, highest ${range((s) => s.highestMB)} MB`);
   console.log(`peak RSS since start (VmHWM)      ${range((s) => s.peakMB)} MB`);
-  console.log(`full syncs by the end             ${range((s) => s.fullSyncs)}`);
+  console.log(`full syncs by the end             ${range((s) => s.fullSyncs)}, each ${range((s) => s.fullSyncS)} s`);
 }

@@ -78,7 +78,16 @@ export interface IptablesBackendOptions {
    * size (see chunks.ts); 0 restores in one piece always.
    */
   readonly pieceLines?: number;
+  /**
+   * Collects garbage once a restore in pieces is ready to go (default: a full collection,
+   * `Bun.gc(true)`). Generating 10,000 services leaves about 80 MB of garbage (the whole input, its
+   * lines, rebuilt per-service text) that the engine would otherwise keep through the many seconds
+   * the pieces take to restore; the collection takes about 50 ms of those seconds.
+   */
+  readonly collectGarbage?: () => void;
 }
+
+const collectAll = () => Bun.gc(true);
 
 interface FamilyState {
   readonly family: IPFamily;
@@ -456,6 +465,7 @@ export class IptablesBackend implements Backend {
       partial,
     );
     const pieceCount = pieces.length;
+    if (pieceCount > 1) (this.options.collectGarbage ?? collectAll)();
     try {
       for (let i = 0; i < pieces.length; i++) {
         const piece = pieces[i] as string;

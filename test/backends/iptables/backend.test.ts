@@ -148,7 +148,10 @@ function world(entries: Parameters<typeof snapshot>[0]): Snapshot {
 const full: ChangeSet = { changed: new Set(), full: true, triggerTimes: [] };
 const partialOf = (...keys: string[]): ChangeSet => ({ changed: new Set(keys), full: false, triggerTimes: [] });
 
-function makeBackend(exec: FakeIptables, extra: { flavour?: "legacy" | "nft"; pieceLines?: number; serviceHealth?: ServiceHealthPorts; ruleOptions?: RuleOptions } = {}) {
+function makeBackend(
+  exec: FakeIptables,
+  extra: { flavour?: "legacy" | "nft"; pieceLines?: number; serviceHealth?: ServiceHealthPorts; ruleOptions?: RuleOptions; collectGarbage?: () => void } = {},
+) {
   const metrics = createMetrics({ proc: null });
   const logger = memoryLogger();
   const backend = new IptablesBackend({
@@ -161,6 +164,7 @@ function makeBackend(exec: FakeIptables, extra: { flavour?: "legacy" | "nft"; pi
     logger,
     ...(extra.pieceLines !== undefined ? { pieceLines: extra.pieceLines } : {}),
     ...(extra.serviceHealth ? { serviceHealth: extra.serviceHealth } : {}),
+    ...(extra.collectGarbage ? { collectGarbage: extra.collectGarbage } : {}),
   });
   return { backend, metrics, logger };
 }
@@ -528,7 +532,9 @@ describe("IptablesBackend", () => {
 
   test("nft: a large full or partial restore goes in bottom-up pieces; a small partial one in one piece", async () => {
     const exec = new FakeIptables();
-    const { backend } = makeBackend(exec, { flavour: "nft", pieceLines: 8 });
+    // Restores done when each collection ran: the garbage of generating goes before the pieces do.
+    const collectedAt: number[] = [];
+    const { backend } = makeBackend(exec, { flavour: "nft", pieceLines: 8, collectGarbage: () => collectedAt.push(exec.restores().length) });
     const entries: [ReturnType<typeof servicePort>, ReturnType<typeof endpoint>[]][] = [];
     for (let i = 0; i < 6; i++) {
       entries.push([servicePort("ns", `s${i}`, "", { clusterIP: `10.96.1.${i}`, port: 80 }), [endpoint(`10.244.1.${i}`, 80), endpoint(`10.244.2.${i}`, 80)]]);
@@ -536,6 +542,7 @@ describe("IptablesBackend", () => {
     await backend.sync(world(entries), full);
     const pieces = exec.restores();
     expect(pieces.length).toBeGreaterThan(3);
+    expect(collectedAt).toEqual([0]);
     const firstWith = (re: RegExp) => pieces.findIndex((p) => re.test(p));
     expect(firstWith(/^:KUBE-SEP-/m)).toBeLessThan(firstWith(/^:KUBE-SVC-/m));
     expect(firstWith(/^:KUBE-SVC-/m)).toBeLessThan(firstWith(/^:KUBE-SERVICES /m));
@@ -548,6 +555,8 @@ describe("IptablesBackend", () => {
     exec.clear();
     await backend.sync(world(entries.slice(1)), partialOf((entries[0] as (typeof entries)[0])[0].key));
     expect(exec.restores()).toHaveLength(1);
+    // A restore in one piece is small: no collection delays it.
+    expect(collectedAt).toEqual([0]);
     expect(exec.chainsOf("iptables-nft", "nat").filter((c) => c.startsWith("KUBE-SEP-"))).toHaveLength(10);
 
     // Every remaining service's endpoints move at once: a partial input as large as a full one.
