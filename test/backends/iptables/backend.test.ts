@@ -150,7 +150,14 @@ const partialOf = (...keys: string[]): ChangeSet => ({ changed: new Set(keys), f
 
 function makeBackend(
   exec: FakeIptables,
-  extra: { flavour?: "legacy" | "nft"; pieceLines?: number; serviceHealth?: ServiceHealthPorts; ruleOptions?: RuleOptions; collectGarbage?: () => void } = {},
+  extra: {
+    flavour?: "legacy" | "nft";
+    pieceLines?: number;
+    serviceHealth?: ServiceHealthPorts;
+    ruleOptions?: RuleOptions;
+    collectGarbage?: () => void;
+    largeInputChars?: number;
+  } = {},
 ) {
   const metrics = createMetrics({ proc: null });
   const logger = memoryLogger();
@@ -165,6 +172,7 @@ function makeBackend(
     ...(extra.pieceLines !== undefined ? { pieceLines: extra.pieceLines } : {}),
     ...(extra.serviceHealth ? { serviceHealth: extra.serviceHealth } : {}),
     ...(extra.collectGarbage ? { collectGarbage: extra.collectGarbage } : {}),
+    ...(extra.largeInputChars !== undefined ? { largeInputChars: extra.largeInputChars } : {}),
   });
   return { backend, metrics, logger };
 }
@@ -530,11 +538,28 @@ describe("IptablesBackend", () => {
     expect(seen.local).toEqual(new Map([["ns/lb", 1]]));
   });
 
+  test("legacy: a large input is restored whole, after a collection of what generating it left behind", async () => {
+    const exec = new FakeIptables();
+    const collectedAt: number[] = [];
+    const { backend } = makeBackend(exec, { collectGarbage: () => collectedAt.push(exec.restores().length), largeInputChars: 3000 });
+    const entries: [ReturnType<typeof servicePort>, ReturnType<typeof endpoint>[]][] = [];
+    for (let i = 0; i < 6; i++) entries.push([servicePort("ns", `s${i}`, "", { clusterIP: `10.96.1.${i}`, port: 80 }), [endpoint(`10.244.1.${i}`, 80)]]);
+    await backend.sync(world(entries), full);
+    expect(exec.restores()).toHaveLength(1);
+    expect(exec.restores()[0]!.length).toBeGreaterThanOrEqual(3000);
+    expect(collectedAt).toEqual([0]);
+  });
+
   test("nft: a large full or partial restore goes in bottom-up pieces; a small partial one in one piece", async () => {
     const exec = new FakeIptables();
     // Restores done when each collection ran: the garbage of generating goes before the pieces do.
     const collectedAt: number[] = [];
-    const { backend } = makeBackend(exec, { flavour: "nft", pieceLines: 8, collectGarbage: () => collectedAt.push(exec.restores().length) });
+    const { backend } = makeBackend(exec, {
+      flavour: "nft",
+      pieceLines: 8,
+      collectGarbage: () => collectedAt.push(exec.restores().length),
+      largeInputChars: 3000,
+    });
     const entries: [ReturnType<typeof servicePort>, ReturnType<typeof endpoint>[]][] = [];
     for (let i = 0; i < 6; i++) {
       entries.push([servicePort("ns", `s${i}`, "", { clusterIP: `10.96.1.${i}`, port: 80 }), [endpoint(`10.244.1.${i}`, 80), endpoint(`10.244.2.${i}`, 80)]]);
@@ -542,6 +567,7 @@ describe("IptablesBackend", () => {
     await backend.sync(world(entries), full);
     const pieces = exec.restores();
     expect(pieces.length).toBeGreaterThan(3);
+    expect(pieces.join("").length).toBeGreaterThanOrEqual(3000);
     expect(collectedAt).toEqual([0]);
     const firstWith = (re: RegExp) => pieces.findIndex((p) => re.test(p));
     expect(firstWith(/^:KUBE-SEP-/m)).toBeLessThan(firstWith(/^:KUBE-SVC-/m));
@@ -555,7 +581,8 @@ describe("IptablesBackend", () => {
     exec.clear();
     await backend.sync(world(entries.slice(1)), partialOf((entries[0] as (typeof entries)[0])[0].key));
     expect(exec.restores()).toHaveLength(1);
-    // A restore in one piece is small: no collection delays it.
+    // A small input: no collection delays it.
+    expect(exec.restores()[0]!.length).toBeLessThan(3000);
     expect(collectedAt).toEqual([0]);
     expect(exec.chainsOf("iptables-nft", "nat").filter((c) => c.startsWith("KUBE-SEP-"))).toHaveLength(10);
 
