@@ -391,13 +391,18 @@ function onEvent(side: Side, ev: number): void {
     abort(side.conn, side.peer);
     return;
   }
-  if (ev & READ_EVENTS && !side.stalled && !side.finIn && !side.closed) pump(side, (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) !== 0);
+  if (ev & READ_EVENTS && !side.stalled && !side.finIn && !side.closed) pump(side, (ev & (EPOLLHUP | EPOLLERR)) !== 0, (ev & (EPOLLRDHUP | EPOLLERR)) === EPOLLRDHUP);
+}
+
+/** The dial of backend side `side` has succeeded. */
+function dialDone(side: Side): void {
+  side.connecting = false;
+  side.conn.dialDeadline = 0;
 }
 
 function connected(side: Side): void {
   const conn = side.conn;
-  side.connecting = false;
-  conn.dialDeadline = 0;
+  dialDone(side);
   const client = conn.client;
   if (client.closed) {
     // The client left while this dial was in progress; nobody wants this connection.
@@ -463,10 +468,12 @@ function queue(side: Side, bytes: Uint8Array): void {
 
 /**
  * Reads `side` until the kernel has nothing more or the peer cannot take it, passing it on. A read
- * shorter than the buffer ends the turn (any later arrival raises a new edge) unless `untilEmpty`: the
- * FIN has come already (its edge is this one), or edges were spent while the side was stalled.
+ * shorter than the buffer ends the turn (any later arrival raises a new edge) unless `untilEmpty`
+ * (edges were spent while the side was stalled, or an error is to be read). `finSeen`: the event
+ * reported the FIN already, so a short read has taken everything before it, and the read that would
+ * only answer 0 is skipped.
  */
-function pump(side: Side, untilEmpty: boolean): void {
+function pump(side: Side, untilEmpty: boolean, finSeen = false): void {
   const conn = side.conn;
   const relay = conn.relay;
   const loop = relay.loop;
@@ -481,43 +488,58 @@ function pump(side: Side, untilEmpty: boolean): void {
     }
     const n = fn.recv(side.fd, buf.at, CHUNK, 0);
     if (n > 0) {
-      if (dialling || out.queued > 0) {
+      const last = n < CHUNK && finSeen;
+      if (out.fd < 0 || out.queued > 0) {
         queue(out, buf.bytes.slice(0, n));
+        if (last) break;
         if (n < CHUNK && !untilEmpty) return;
         continue;
       }
+      // Also while the dial is in progress: on a near endpoint the handshake is often done by the
+      // time connect returns, and a send that succeeds saves waiting for the writable event.
       const w = fn.send(out.fd, buf.at, n, MSG_NOSIGNAL);
       if (w === n) {
+        if (out.connecting) dialDone(out);
         relay.countOut(out, n);
+        if (last) break;
         if (n < CHUNK && !untilEmpty) return;
         continue;
       }
       if (w < 0) {
         const e = loop.c.errno();
+        if (out.connecting) {
+          // Not connected yet (or the dial failed: its event says so): the bytes wait for the outcome.
+          queue(out, buf.bytes.slice(0, n));
+          if (last) break;
+          if (n < CHUNK && !untilEmpty) return;
+          continue;
+        }
         if (e !== EAGAIN) {
           abort(conn, side);
           return;
         }
         queue(out, buf.bytes.slice(0, n));
       } else {
+        if (out.connecting) dialDone(out);
         relay.countOut(out, w);
         queue(out, buf.bytes.slice(w, n));
       }
       side.stalled = true;
+      if (last) side.finIn = true;
       return;
     }
-    if (n === 0) {
-      side.finIn = true;
-      if (!dialling && out.queued === 0 && !out.finOut) sendFin(out);
-      return;
-    }
+    if (n === 0) break;
     const e = loop.c.errno();
     if (e === EAGAIN) return;
     if (e === EINTR) continue;
     // A reset (or other error) from this side is passed on as a reset.
-    abort(conn, out);
+    abort(conn, side.peer);
     return;
   }
+  // The FIN: passed on now, or by `writable` once the peer has taken what is queued for it.
+  side.finIn = true;
+  const out = side.peer;
+  if (out.fd >= 0 && !out.connecting && out.queued === 0 && !out.finOut) sendFin(out);
 }
 
 function sendFin(side: Side): void {

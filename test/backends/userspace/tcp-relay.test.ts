@@ -155,6 +155,29 @@ describe(`TCP relay data path (${engine.name})`, () => {
     await eventually("connection closed", () => relay.stats().active === 0);
   });
 
+  test("a reply that comes with the backend's FIN arrives whole, then the end, whatever its size", async () => {
+    // Around the epoll relay's 256 KiB read buffer: a FIN seen with a short read ends the stream there.
+    for (const size of [1, 1000, 256 * 1024 - 1, 256 * 1024, 256 * 1024 + 1, 600 * 1024]) {
+      const reply = pattern(size, size % 251);
+      let clientEnded = Promise.withResolvers<void>();
+      const b = await backend((s) => {
+        s.end(reply);
+        s.on("data", () => {});
+        s.on("end", () => clientEnded.resolve());
+      });
+      const { relay } = relayTo([b.endpoint]);
+      const c = track(await connect(relay.port));
+      const got = hashUntilEnd(c);
+      const r = await got;
+      expect(r.bytes).toBe(size);
+      expect(r.digest).toBe(sha256(reply));
+      c.end();
+      await clientEnded.promise;
+      await eventually("connection closed", () => relay.stats().active === 0);
+      clientEnded = Promise.withResolvers<void>();
+    }
+  }, 20_000);
+
   test("a backend that resets: the client sees the reset promptly", async () => {
     const b = await backend((s) => {
       s.write("partial");
@@ -263,6 +286,20 @@ describe(`TCP relay balancing (${engine.name})`, () => {
     expect(relay.stats().dialFailures).toBe(1);
     // The sticky record now points at the live endpoint: no more failed dials.
     for (let i = 0; i < 3; i++) expect(await fetchName(relay.port)).toBe("live");
+    expect(relay.stats().dialFailures).toBe(1);
+  });
+
+  test("bytes the client sent while a dial was failing reach the next endpoint", async () => {
+    const live = await backend(echo);
+    const dead = `${HOST}:${await closedPort()}`;
+    const lb = new LoadBalancer({ random: () => 0.99 }); // keeps the given order: dead first
+    lb.update("svc", [dead, live.endpoint]);
+    const relay = startRelay({ serviceKey: "svc", host: HOST, port: 0, chooser: lb });
+    cleanups.push(() => relay.close({ closeActive: true }));
+    const c = track(await connect(relay.port));
+    const answer = readAll(c);
+    c.end("sent at once");
+    expect(await answer).toBe("sent at once");
     expect(relay.stats().dialFailures).toBe(1);
   });
 
