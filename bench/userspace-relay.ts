@@ -14,7 +14,7 @@
  * when threads cannot start; `--no-main-thread` leaves it out), with `--reuseport` N threads each with its
  * own SO_REUSEPORT listener, and with `--bun-threads` N threads on Bun's sockets. Each figure is the
  * median of `rounds` runs, the targets taking turns within a round so that load from elsewhere on the
- * machine hits them alike.
+ * machine hits them alike; each round's ratio to HAProxy is printed too, with its spread.
  *
  * HAProxy runs as Debian ships it plus only what the bench needs: mode tcp, one process, its default
  * thread count, no splicing (not on by default), no logging (no log line).
@@ -227,6 +227,22 @@ function printTable(targets: Target[], rows: Map<string, Row>, elapsedS: number)
   for (const t of targets) {
     const r = get(t.name);
     console.log(`  ${t.name}: ${r.throughputGbps.map((x) => x.toFixed(1)).join(" ")} | ${r.keepAliveRps.map(fmtK).join(" ")} | ${r.newConnRps.map(fmtK).join(" ")}`);
+  }
+  // Each round's figure over HAProxy's in the same round: load from elsewhere on the machine moves both
+  // alike, so the spread of these says how far the medians above can be trusted.
+  console.log("\nper-round ratios to haproxy: median [lowest-highest] (rounds >= 1.00x)");
+  const perRound = (k: readonly number[], ref: readonly number[]) => {
+    const rs = k.map((x, i) => x / (ref[i] ?? Number.NaN)).filter((x) => Number.isFinite(x));
+    const lo = Math.min(...rs);
+    const hi = Math.max(...rs);
+    return `${median(rs).toFixed(2)}x [${lo.toFixed(2)}-${hi.toFixed(2)}] (${rs.filter((x) => x >= 1).length}/${rs.length})`;
+  };
+  for (const n of kNames) {
+    const k = get(n);
+    console.log(
+      `  ${n}: throughput ${perRound(k.throughputGbps, h.throughputGbps)} | keep-alive ${perRound(k.keepAliveRps, h.keepAliveRps)} | ` +
+        `new conn ${perRound(k.newConnRps, h.newConnRps)}`,
+    );
   }
 }
 
