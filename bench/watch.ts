@@ -9,7 +9,8 @@
  *     and from asking the server for the update (adds the server's own work)
  *   - resident memory with the cluster loaded
  *
- * Usage: bun bench/watch.ts [--services N] [--endpoints N] [--events N]
+ * Usage: bun bench/watch.ts [--services N] [--endpoints N] [--events N] [--list-garbage-every N]
+ * (`--list-garbage-every` overrides kproxy's collection interval during the initial lists; 0 turns it off.)
  */
 import { loadavg } from "node:os";
 import { KubeClient } from "../src/kube/client.ts";
@@ -54,7 +55,8 @@ try {
   }
   const config: RestConfig = { server: url, tls: { ca: caPem, insecureSkipVerify: false }, auth: { kind: "token", token: staticToken(token) }, origin: "bench" };
   const client = new KubeClient({ config, qps: 0, logger: silentLogger });
-  const source = new ApiSource({ client, nodeName: NODE, logger: silentLogger, postStartingEvent: false, reflector: { pageSize: PAGE } });
+  const listGarbageEvery = process.argv.includes("--list-garbage-every") ? { listGarbageEvery: arg("list-garbage-every", 500) } : {};
+  const source = new ApiSource({ client, nodeName: NODE, logger: silentLogger, postStartingEvent: false, reflector: { pageSize: PAGE }, ...listGarbageEvery });
   const model = new ProxyModel({ nodeName: NODE, logger: silentLogger });
   let changes = 0;
   let onChange: (() => void) | undefined;
