@@ -112,7 +112,11 @@ export async function createTopology(podCount: number): Promise<Topology> {
     }
 
     const startPod = async (pod: Pod) => {
-      const server = pod.ns.spawn([process.execPath, `${import.meta.dir}/pod-server.ts`, "--name", pod.name, "--http", String(HTTP_PORT), "--udp", String(UDP_PORT)]);
+      // stderr goes to the test's own: nobody reads a pipe once the server is up, and a full one
+      // would stall the server (a pod that stops answering), or hide why it died.
+      const server = pod.ns.spawn([process.execPath, `${import.meta.dir}/pod-server.ts`, "--name", pod.name, "--http", String(HTTP_PORT), "--udp", String(UDP_PORT)], {
+        stderr: "inherit",
+      });
       pod.server = server;
       await waitForLine(server, "ready", 10_000);
     };

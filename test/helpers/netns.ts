@@ -33,10 +33,13 @@ export class Netns {
   }
 
   /** Starts a long-running process in the namespace. */
-  spawn(argv: readonly string[], options: { env?: Record<string, string>; stdout?: "pipe" | "inherit" | "ignore" } = {}) {
+  spawn(
+    argv: readonly string[],
+    options: { env?: Record<string, string>; stdout?: "pipe" | "inherit" | "ignore"; stderr?: "pipe" | "inherit" | "ignore" } = {},
+  ) {
     return Bun.spawn(["ip", "netns", "exec", this.name, ...argv], {
       stdout: options.stdout ?? "pipe",
-      stderr: "pipe",
+      stderr: options.stderr ?? "pipe",
       env: { ...process.env, ...options.env },
     });
   }
