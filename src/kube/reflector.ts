@@ -48,7 +48,6 @@ export interface ReflectorOptions {
   readonly backoff?: Partial<BackoffPolicy>;
 }
 
-
 /** A watch that ends with no events in less than this is treated as a failure, as upstream does. */
 const shortWatchMs = 1000;
 

@@ -471,7 +471,6 @@ export class IptablesBackend implements Backend {
       generateRules(snapshot, state.family, options, context),
       partial,
     );
-    const pieceCount = pieces.length;
     let inputChars = 0;
     for (const piece of pieces) inputChars += piece.length;
     // Small inputs (nearly every partial sync) go at once: a collection would only add latency.
@@ -503,7 +502,7 @@ export class IptablesBackend implements Backend {
     logger.debug(3, "Restored iptables rules", {
       family: state.family,
       partial,
-      pieces: pieceCount,
+      pieces: pieces.length,
       unchangedChainsSkipped: skipped,
       natRules: counts.natRules,
       deletedChains: counts.deletedChains,
