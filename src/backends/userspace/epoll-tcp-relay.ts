@@ -14,11 +14,10 @@
  */
 import { ptr } from "bun:ffi";
 import type { Pointer } from "bun:ffi";
-import type { Logger } from "../../log.ts";
-import type { EndpointChooser } from "./load-balancer.ts";
-import type { CloseOptions, RelayStats } from "./proxy-socket.ts";
-import { ENDPOINT_DIAL_TIMEOUTS_MS, splitHostPort, Stat, STAT_SLOTS, statsFrom } from "./proxy-socket.ts";
+import type { CloseOptions } from "./proxy-socket.ts";
+import { splitHostPort, Stat } from "./proxy-socket.ts";
 import type { TcpRelay, TcpRelayOptions } from "./tcp-relay.ts";
+import { TcpRelayCore } from "./tcp-relay-core.ts";
 import type { Libc } from "./libc.ts";
 import {
   ACCEPT_FLAGS,
@@ -441,7 +440,7 @@ function flush(side: Side): boolean {
       abort(side.conn, side.peer);
       return false;
     }
-    relay.countOut(side, n);
+    relay.countOut(side.toClient, n);
     side.queued -= n;
     relay.counters[Stat.bufferedBytes]! -= n;
     const rest = n < chunk.byteLength ? chunk.subarray(n) : undefined;
@@ -500,7 +499,7 @@ function pump(side: Side, untilEmpty: boolean, finSeen = false): void {
       const w = fn.send(out.fd, buf.at, n, MSG_NOSIGNAL);
       if (w === n) {
         if (out.connecting) dialDone(out);
-        relay.countOut(out, n);
+        relay.countOut(out.toClient, n);
         if (last) break;
         if (n < CHUNK && !untilEmpty) return;
         continue;
@@ -521,7 +520,7 @@ function pump(side: Side, untilEmpty: boolean, finSeen = false): void {
         queue(out, buf.bytes.slice(0, n));
       } else {
         if (out.connecting) dialDone(out);
-        relay.countOut(out, w);
+        relay.countOut(out.toClient, w);
         queue(out, buf.bytes.slice(w, n));
       }
       side.stalled = true;
@@ -583,8 +582,7 @@ function dialFailed(side: Side, error: Error): void {
   side.connecting = false;
   relay.loop.release(side.fd);
   conn.dialDeadline = 0;
-  relay.counters[Stat.dialFailures]!++;
-  relay.logger?.debug(2, "dial failed", { service: relay.serviceKey, client: conn.clientIP, err: error });
+  relay.countDialFailure(conn.clientIP, error);
   if (conn.client.closed || conn.done) {
     relay.connectionDone(conn);
     return;
@@ -610,35 +608,31 @@ interface Target {
   readonly at: Pointer;
 }
 
-class EpollRelay implements EpollTcpRelay {
-  readonly protocol = "TCP" as const;
-  readonly serviceKey: string;
-  readonly host: string;
-  port = 0;
-  readonly chooser: EndpointChooser;
-  readonly logger: Logger | undefined;
-  readonly dialTimeoutsMs: readonly number[];
-  readonly connectBufferBytes: number;
-  readonly counters: Float64Array;
+class EpollRelay extends TcpRelayCore<Target> implements EpollTcpRelay {
   readonly loop: EpollLoop;
   private listener: ListenerEntry | undefined;
   private head: Conn | undefined;
   private active = 0;
-  private readonly targets = new Map<string, Target>();
   private readonly v6: boolean;
   /** Closed for new connections but still relaying; leaves the loop once the last one ends. */
   private draining = false;
 
   constructor(options: EpollTcpRelayOptions, loop: EpollLoop) {
-    this.serviceKey = options.serviceKey;
-    this.host = options.host;
-    this.chooser = options.chooser;
-    this.logger = options.logger;
-    this.dialTimeoutsMs = options.dialTimeoutsMs ?? ENDPOINT_DIAL_TIMEOUTS_MS;
-    this.connectBufferBytes = options.connectBufferBytes ?? 256 * 1024;
-    this.counters = options.counters ?? new Float64Array(STAT_SLOTS);
+    super(options);
     this.loop = loop;
     this.v6 = options.host.includes(":");
+  }
+
+  protected override parseTarget(endpoint: string): Target | undefined {
+    let hp: { host: string; port: number };
+    try {
+      hp = splitHostPort(endpoint);
+    } catch {
+      return undefined;
+    }
+    const addr = sockaddr(hp.host, hp.port);
+    if (!addr) return undefined;
+    return { family: hp.host.includes(":") ? AF_INET6 : AF_INET, addr, at: ptrOf(addr) };
   }
 
   get listenerFd(): number {
@@ -709,19 +703,13 @@ class EpollRelay implements EpollTcpRelay {
   }
 
   dial(conn: Conn, affinityReset: boolean): void {
-    const endpoint = this.chooser.nextEndpoint(this.serviceKey, conn.clientIP, affinityReset);
-    const timeoutMs = this.dialTimeoutsMs[conn.attempt];
-    if (endpoint === undefined || timeoutMs === undefined) {
-      this.counters[Stat.rejected]!++;
-      this.logger?.debug(2, "connection rejected", {
-        service: this.serviceKey,
-        client: conn.clientIP,
-        reason: endpoint === undefined ? "no endpoints" : "no endpoint reachable",
-      });
+    const endpoint = this.chooseEndpoint(conn.clientIP, conn.attempt, affinityReset);
+    if (endpoint === undefined) {
       // Cut with a reset, as the relay on Bun's sockets does (terminate).
       closeConn(conn, true);
       return;
     }
+    const timeoutMs = this.dialTimeoutsMs[conn.attempt] as number;
     let side = conn.backend;
     if (conn.attempt > 0) {
       // A fresh Side per retry; bytes the client sent during the failed attempt go to the next one.
@@ -747,7 +735,7 @@ class EpollRelay implements EpollTcpRelay {
       const why = target === undefined ? `endpoint ${endpoint} is not ip:port` : `socket failed (errno ${loop.c.errno()})`;
       this.logger?.error("dial failed", { service: this.serviceKey, endpoint, err: why });
       side.closed = true;
-      this.counters[Stat.dialFailures]!++;
+      this.countDialFailure(conn.clientIP, new Error(why));
       this.dial(conn, true);
       return;
     }
@@ -764,24 +752,6 @@ class EpollRelay implements EpollTcpRelay {
     side.token = loop.register(fd, side, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
     conn.dialDeadline = performance.now() + timeoutMs;
     loop.watchDial(conn, conn.attempt - 1);
-  }
-
-  private target(endpoint: string): Target | undefined {
-    let t = this.targets.get(endpoint);
-    if (t === undefined) {
-      let hp: { host: string; port: number };
-      try {
-        hp = splitHostPort(endpoint);
-      } catch {
-        return undefined;
-      }
-      const addr = sockaddr(hp.host, hp.port);
-      if (!addr) return undefined;
-      t = { family: hp.host.includes(":") ? AF_INET6 : AF_INET, addr, at: ptrOf(addr) };
-      if (this.targets.size >= 1024) this.targets.clear();
-      this.targets.set(endpoint, t);
-    }
-    return t;
   }
 
   private link(conn: Conn): void {
@@ -809,15 +779,6 @@ class EpollRelay implements EpollTcpRelay {
       s.pendingParts = undefined;
     }
     if (this.draining && !this.head) this.loop.remove(this);
-  }
-
-  countOut(side: Side, n: number): void {
-    if (side.toClient) this.counters[Stat.bytesToClients]! += n;
-    else this.counters[Stat.bytesToEndpoints]! += n;
-  }
-
-  stats(): RelayStats {
-    return statsFrom(this.counters);
   }
 
   async close(options: CloseOptions = {}): Promise<void> {

@@ -1,24 +1,14 @@
 import type { Socket, SocketHandler, TCPSocketConnectOptions, TCPSocketListener, TCPSocketListenOptions } from "bun";
-import type { Logger } from "../../log.ts";
-import type { EndpointChooser } from "./load-balancer.ts";
-import type { CloseOptions, ProxySocket, RelayStats } from "./proxy-socket.ts";
-import { clientIPOf, ENDPOINT_DIAL_TIMEOUTS_MS, splitHostPort, Stat, STAT_SLOTS, statsFrom } from "./proxy-socket.ts";
+import type { CloseOptions, ProxySocket } from "./proxy-socket.ts";
+import { clientIPOf, splitHostPort, Stat } from "./proxy-socket.ts";
+import { TcpRelayCore } from "./tcp-relay-core.ts";
+import type { TcpRelayCoreOptions } from "./tcp-relay-core.ts";
 
-export interface TcpRelayOptions {
-  readonly serviceKey: string;
-  /** Address to listen on; "0.0.0.0" / "::" for all. */
-  readonly host: string;
+export interface TcpRelayOptions extends TcpRelayCoreOptions {
   /** 0 lets the kernel choose; read the result from `port`. */
   readonly port: number;
-  readonly chooser: EndpointChooser;
-  readonly logger?: Logger;
-  readonly dialTimeoutsMs?: readonly number[];
   /** Share the port with other listeners of this process or others (SO_REUSEPORT), for relay workers. */
   readonly reusePort?: boolean;
-  /** Bytes a client may send while its endpoint is still being dialled before it is paused. */
-  readonly connectBufferBytes?: number;
-  /** Where to keep the counters (STAT_SLOTS long, see `Stat`); a view into shared memory for workers. */
-  readonly counters?: Float64Array;
   /** Opens endpoint connections; Bun.connect unless a test needs a slow or failing network. */
   readonly connect?: TcpConnect;
 }
@@ -103,7 +93,7 @@ function flush(h: Half): boolean {
       dropQueue(h);
       return true;
     }
-    h.conn.relay.countOut(h, n);
+    h.conn.relay.countOut(h === h.conn.client, n);
     h.queued -= n;
     h.conn.relay.counters[Stat.bufferedBytes]! -= n;
     if (n < chunk.byteLength) {
@@ -148,11 +138,11 @@ function onData(s: Socket<Half>, chunk: Uint8Array): void {
   if (out !== undefined && peer.queued === 0 && !peer.closed) {
     const n = out.write(chunk);
     if (n === chunk.byteLength) {
-      h.conn.relay.countOut(peer, n);
+      h.conn.relay.countOut(peer === h.conn.client, n);
       return;
     }
     if (n < 0) return;
-    h.conn.relay.countOut(peer, n);
+    h.conn.relay.countOut(peer === h.conn.client, n);
     enqueue(peer, chunk.subarray(n));
     h.paused = true;
     s.pause();
@@ -269,30 +259,24 @@ const backendHandlers: SocketHandler<Half> = {
   },
 };
 
-class Relay implements TcpRelay {
-  readonly protocol = "TCP" as const;
-  readonly serviceKey: string;
-  readonly host: string;
-  port = 0;
-  readonly chooser: EndpointChooser;
-  readonly logger: Logger | undefined;
-  readonly dialTimeoutsMs: readonly number[];
-  readonly connectBufferBytes: number;
+type Target = { readonly host: string; readonly port: number };
+
+class Relay extends TcpRelayCore<Target> implements TcpRelay {
   private readonly connect: TcpConnect;
   private listener: TCPSocketListener<Half> | undefined;
   private readonly connections = new Set<Connection>();
-  private readonly targets = new Map<string, { host: string; port: number }>();
-  readonly counters: Float64Array;
 
   constructor(options: TcpRelayOptions) {
-    this.serviceKey = options.serviceKey;
-    this.host = options.host;
-    this.chooser = options.chooser;
-    this.logger = options.logger;
-    this.dialTimeoutsMs = options.dialTimeoutsMs ?? ENDPOINT_DIAL_TIMEOUTS_MS;
-    this.connectBufferBytes = options.connectBufferBytes ?? 256 * 1024;
-    this.counters = options.counters ?? new Float64Array(STAT_SLOTS);
+    super(options);
     this.connect = options.connect ?? Bun.connect;
+  }
+
+  protected override parseTarget(endpoint: string): Target | undefined {
+    try {
+      return splitHostPort(endpoint);
+    } catch {
+      return undefined;
+    }
   }
 
   listen(port: number, reusePort: boolean): void {
@@ -325,12 +309,14 @@ class Relay implements TcpRelay {
   }
 
   private dial(conn: Connection, affinityReset: boolean): void {
-    const endpoint = this.chooser.nextEndpoint(this.serviceKey, conn.clientIP, affinityReset);
-    const timeoutMs = this.dialTimeoutsMs[conn.attempt];
-    if (endpoint === undefined || timeoutMs === undefined) {
-      this.reject(conn, endpoint === undefined ? "no endpoints" : "no endpoint reachable");
+    const endpoint = this.chooseEndpoint(conn.clientIP, conn.attempt, affinityReset);
+    if (endpoint === undefined) {
+      conn.backend.abandoned = true;
+      conn.client.socket?.terminate();
+      this.connectionDone(conn);
       return;
     }
+    const timeoutMs = this.dialTimeoutsMs[conn.attempt] as number;
     let half = conn.backend;
     if (conn.attempt > 0) {
       // A fresh Half per retry, so late events of the given-up socket reach only the old one.
@@ -347,13 +333,11 @@ class Relay implements TcpRelay {
     }
     conn.attempt++;
     half.endpoint = endpoint;
-    let target: { host: string; port: number };
-    try {
-      target = this.target(endpoint);
-    } catch (err) {
-      this.logger?.error("bad endpoint", { service: this.serviceKey, endpoint, err });
+    const target = this.target(endpoint);
+    if (target === undefined) {
+      this.logger?.error("bad endpoint", { service: this.serviceKey, endpoint, err: `${endpoint} is not ip:port` });
       half.abandoned = true;
-      this.dialFailed(conn, err as Error);
+      this.dialFailed(conn, new Error(`endpoint ${endpoint} is not ip:port`));
       return;
     }
     // A plain timer rather than the Clock: it is armed for every connection, and tests shorten it
@@ -368,35 +352,14 @@ class Relay implements TcpRelay {
     }).catch(ignoreRejection);
   }
 
-  /** An endpoint's host and port, parsed once per endpoint rather than once per connection. */
-  private target(endpoint: string): { host: string; port: number } {
-    let t = this.targets.get(endpoint);
-    if (t === undefined) {
-      t = splitHostPort(endpoint);
-      // Endpoints come and go over a long run; start afresh rather than keep every one ever seen.
-      if (this.targets.size >= 1024) this.targets.clear();
-      this.targets.set(endpoint, t);
-    }
-    return t;
-  }
-
   dialFailed(conn: Connection, error: Error): void {
-    this.counters[Stat.dialFailures]!++;
+    this.countDialFailure(conn.clientIP, error);
     clearDialTimer(conn);
-    this.logger?.debug(2, "dial failed", { service: this.serviceKey, client: conn.clientIP, err: error });
     if (conn.client.closed) {
       this.connectionDone(conn);
       return;
     }
     this.dial(conn, true);
-  }
-
-  private reject(conn: Connection, why: string): void {
-    this.counters[Stat.rejected]!++;
-    this.logger?.debug(2, "connection rejected", { service: this.serviceKey, client: conn.clientIP, reason: why });
-    conn.backend.abandoned = true;
-    conn.client.socket?.terminate();
-    this.connectionDone(conn);
   }
 
   connectionDone(conn: Connection): void {
@@ -409,15 +372,6 @@ class Relay implements TcpRelay {
       dropQueue(conn.client);
       dropQueue(conn.backend);
     }
-  }
-
-  countOut(h: Half, n: number): void {
-    if (h === h.conn.client) this.counters[Stat.bytesToClients]! += n;
-    else this.counters[Stat.bytesToEndpoints]! += n;
-  }
-
-  stats(): RelayStats {
-    return statsFrom(this.counters);
   }
 
   async close(options: CloseOptions = {}): Promise<void> {

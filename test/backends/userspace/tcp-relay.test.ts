@@ -289,6 +289,18 @@ describe(`TCP relay balancing (${engine.name})`, () => {
     expect(relay.stats().dialFailures).toBe(1);
   });
 
+  test("an endpoint that is not ip:port fails its dial and the next endpoint serves, every time", async () => {
+    const live = await backend(nameServer("live"));
+    const lb = new LoadBalancer({ random: () => 0.99 }); // keeps the given order: the bad one first
+    lb.update("svc", ["no-port-here", live.endpoint]);
+    const relay = startRelay({ serviceKey: "svc", host: HOST, port: 0, chooser: lb });
+    cleanups.push(() => relay.close({ closeActive: true }));
+    // The failover takes the round robin past the live endpoint, so each connection meets the bad one first.
+    for (let i = 0; i < 4; i++) expect(await fetchName(relay.port)).toBe("live");
+    expect(relay.stats().dialFailures).toBe(4);
+    expect(relay.stats().rejected).toBe(0);
+  });
+
   test("bytes the client sent while a dial was failing reach the next endpoint", async () => {
     const live = await backend(echo);
     const dead = `${HOST}:${await closedPort()}`;
