@@ -6,6 +6,13 @@
  *
  *   bun bench/userspace-relay.ts [--seconds 2] [--rounds 3] [--connections 50] [--idle 1000] [--threads N]
  *                                [--bun-threads] [--reuseport] [--no-main-thread] [--also-threads 1,4]
+ *                                [--server bun|nginx]
+ *
+ * The HTTP server is nginx as Debian configures it (a worker per CPU; Debian package nginx-light),
+ * the server of the reference figures in the design notes: a server in C keeps the server's own cost
+ * per request small next to the proxies'. Without nginx, or with `--server bun`, it is kproxy's small
+ * Bun server (bench/relay/http-server.ts), which costs about as much per request as the proxies and
+ * reacts to how requests bunch up, so the proxies' differences show less there.
  *
  * kproxy runs as it does by default in userspace mode: N relay threads accepting on one shared
  * listening socket, each on the epoll relay (N defaults to the number of CPUs, as kproxy's does; HAProxy
@@ -18,10 +25,11 @@
  *
  * HAProxy runs as Debian ships it plus only what the bench needs: mode tcp, one process, its default
  * thread count, no splicing (not on by default), no logging (no log line).
- * Needs iperf3, wrk and haproxy on PATH (or /usr/sbin). Everything it starts is stopped by PID in
- * `finally`.
+ * Needs iperf3, wrk and haproxy (and nginx, see above) on PATH or in /usr/sbin. Everything it starts
+ * is stopped by PID in `finally`.
  */
 import type { Subprocess } from "bun";
+import { existsSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -37,6 +45,9 @@ const reusePortRow = args["reuseport"] !== undefined;
 const mainThreadRow = args["no-main-thread"] === undefined;
 /** Thread counts for extra rows of the default relay, e.g. `--also-threads 1,4`. */
 const alsoThreads = (args["also-threads"] ?? "").split(",").filter((x) => x !== "").map(Number);
+/** The HTTP server behind every path: nginx where installed, else kproxy's own small Bun server. */
+const server = args["server"] ?? (Bun.which("nginx") || existsSync("/usr/sbin/nginx") ? "nginx" : "bun");
+if (server !== "bun" && server !== "nginx") throw new Error(`--server: bun or nginx, not ${server}`);
 const HOST = "127.0.0.1";
 const benchDir = import.meta.dir;
 const bun = process.execPath;
@@ -73,8 +84,18 @@ let tempDir: string | undefined;
 
 try {
   const benchStart = Date.now();
-  const http = spawnTracked([bun, join(benchDir, "relay/http-server.ts")]);
-  const httpPort = ((await firstJsonLine(http)) as { port: number }).port;
+  tempDir = await mkdtemp(join(tmpdir(), "kproxy-bench-relay-"));
+  let httpPort: number;
+  if (server === "nginx") {
+    httpPort = await freePort();
+    const conf = join(tempDir, "nginx.conf");
+    await writeFile(conf, nginxConfig(httpPort, tempDir));
+    spawnTracked([findNginx(), "-p", tempDir, "-c", conf]);
+    await waitForPort(httpPort);
+  } else {
+    const http = spawnTracked([bun, join(benchDir, "relay/http-server.ts")]);
+    httpPort = ((await firstJsonLine(http)) as { port: number }).port;
+  }
 
   const iperfPort = await freePort();
   spawnTracked(["iperf3", "-s", "-B", HOST, "-p", String(iperfPort)]);
@@ -94,7 +115,6 @@ try {
     kproxyTargets.push({ name, httpPort: req(ports["http"]), iperfPort: req(ports["iperf"]), pid: p.pid });
   }
 
-  tempDir = await mkdtemp(join(tmpdir(), "kproxy-bench-haproxy-"));
   const haHttp = await freePort();
   const haIperf = await freePort();
   const cfg = join(tempDir, "haproxy.cfg");
@@ -217,7 +237,7 @@ function printTable(targets: Target[], rows: Map<string, Row>, elapsedS: number)
   const fmt = (l: string[]) => "| " + l.map((c, i) => c.padEnd(widths[i] ?? 0)).join(" | ") + " |";
   console.log(
     `\nuserspace relay, loopback, ${navigator.hardwareConcurrency} cores; median of ${rounds} rounds of ${seconds} s; ` +
-      `wrk ${connections} connections; HAProxy ${haproxyVersion()}; ${elapsedS.toFixed(0)} s in all; ` +
+      `wrk ${connections} connections against ${server === "nginx" ? "nginx" : "a Bun HTTP server"}; HAProxy ${haproxyVersion()}; ${elapsedS.toFixed(0)} s in all; ` +
       `load average at start ${loadAtStart}, at end ${loadAverage()}`,
   );
   console.log(fmt(lines[0]!));
@@ -345,6 +365,37 @@ frontend iperf_in
 backend iperf_out
     server s1 ${HOST}:${iperfTarget}
 `;
+}
+
+/**
+ * nginx as Debian configures it (a worker per CPU) answering every request itself with a small body;
+ * keep-alive connections are not closed after a request count, so keep-alive runs measure keep-alive.
+ */
+function nginxConfig(port: number, dir: string): string {
+  return `worker_processes auto;
+daemon off;
+pid ${dir}/nginx.pid;
+error_log ${dir}/nginx-error.log warn;
+events {
+    worker_connections 8192;
+}
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 120s;
+    client_body_temp_path ${dir}/body;
+    server {
+        listen ${HOST}:${port} backlog=4096;
+        location / {
+            return 200 "kproxy relay benchmark\n";
+        }
+    }
+}
+`;
+}
+
+function findNginx(): string {
+  return Bun.which("nginx") ?? "/usr/sbin/nginx";
 }
 
 function findHaproxy(): string {
