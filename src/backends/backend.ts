@@ -10,6 +10,11 @@ export interface SyncResult {
   readonly rules?: Readonly<Record<string, number>>;
   /** Set when the sync changed only part of the state. */
   readonly partial?: boolean;
+  /**
+   * Set when the backend has already handed the sync's garbage back to the system (a full collection
+   * around a large restore); the sync loop then skips the collection it runs after a full sync.
+   */
+  readonly memoryReleased?: boolean;
 }
 
 /**

@@ -24,6 +24,7 @@ export interface SyncLoopOptions {
    * A full sync leaves its rules text behind (tens of MB at 10,000 services); the engine collects
    * when allocation goes on, and an idle node allocates next to nothing, so without this that
    * memory stays resident until some later sync. About 50 ms per full sync at 10,000 services.
+   * Skipped when the backend says it has released the sync's memory itself (`memoryReleased`).
    */
   readonly collectGarbage?: () => void;
   /** Called after every sync attempt (tests and --dry-run use it). */
@@ -117,7 +118,7 @@ export class SyncLoop {
       endpoints: result.endpoints,
       elapsed: `${endedMs - startedMs}ms`,
     });
-    if (full) (this.options.collectGarbage ?? collectAll)();
+    if (full && !result.memoryReleased) (this.options.collectGarbage ?? collectAll)();
     this.options.onSynced?.({ ok: true, full });
   }
 

@@ -22,13 +22,15 @@ class RecordingBackend implements Backend {
   readonly mode = "iptables" as const;
   readonly syncs: { snapshot: Snapshot; changes: ChangeSet }[] = [];
   failNext = 0;
+  /** Report that the sync released its memory itself (as a large iptables restore does). */
+  releasesMemory = false;
   async sync(snapshot: Snapshot, changes: ChangeSet): Promise<SyncResult> {
     this.syncs.push({ snapshot, changes });
     if (this.failNext > 0) {
       this.failNext--;
       throw new Error("iptables-restore: line 3 failed");
     }
-    return { servicePorts: snapshot.services.size, endpoints: 0 };
+    return { servicePorts: snapshot.services.size, endpoints: 0, memoryReleased: this.releasesMemory };
   }
   plan(): string {
     return "";
@@ -91,6 +93,32 @@ describe("SyncLoop", () => {
       expect(t.health.status().healthy).toBe(true);
       // Garbage is collected after the full sync only (a partial one leaves little behind).
       expect(t.collections).toEqual([1]);
+    } finally {
+      ac.abort();
+      await running;
+    }
+  });
+
+  test("a full sync whose backend released the memory itself is not followed by a second collection", async () => {
+    const t = setup();
+    t.backend.releasesMemory = true;
+    const ac = new AbortController();
+    const running = t.loop.start(ac.signal);
+    try {
+      t.model.apply({ type: "upsert", kind: "Service", object: service("web", "10.96.0.10") });
+      t.model.apply({ type: "synced" });
+      await until("first sync", () => t.backend.syncs.length === 1 && t.outcomes.length === 1);
+      expect(t.backend.syncs[0]!.changes.full).toBe(true);
+      expect(t.collections).toEqual([]);
+      // A full sync whose backend did not release it (a small one) still gets the loop's collection.
+      t.backend.releasesMemory = false;
+      t.backend.failNext = 1;
+      t.model.apply({ type: "upsert", kind: "Service", object: service("api", "10.96.0.11") });
+      await until("failed sync", () => t.outcomes.length === 2);
+      await t.clock.advance(1000);
+      await until("full retry", () => t.outcomes.length === 3);
+      expect(t.backend.syncs[2]!.changes.full).toBe(true);
+      expect(t.collections).toEqual([3]);
     } finally {
       ac.abort();
       await running;

@@ -342,6 +342,7 @@ export class IptablesBackend implements Backend {
     let partial = true;
     let noLocalInternal = 0;
     let noLocalExternal = 0;
+    let memoryReleased = false;
     const errors: string[] = [];
     for (const family of families) {
       if (this.unsupported.has(family)) continue;
@@ -352,6 +353,7 @@ export class IptablesBackend implements Backend {
         partial &&= result.partial;
         noLocalInternal += result.noLocalInternal;
         noLocalExternal += result.noLocalExternal;
+        memoryReleased ||= result.memoryReleased;
         this.workedOnce.add(family);
       } catch (err) {
         const message = err instanceof Error ? err.message : String(err);
@@ -406,7 +408,7 @@ export class IptablesBackend implements Backend {
     }
     this.endpointCount = endpoints;
     this.lastSyncOk = true;
-    return { servicePorts: snapshot.services.size, endpoints, rules: { filter, nat }, partial };
+    return { servicePorts: snapshot.services.size, endpoints, rules: { filter, nat }, partial, memoryReleased };
   }
 
   private async canaryPresent(state: FamilyState): Promise<boolean> {
@@ -436,7 +438,7 @@ export class IptablesBackend implements Backend {
     snapshot: Snapshot,
     changes: ChangeSet,
     options: RuleOptions,
-  ): Promise<{ filter: number; nat: number; partial: boolean; noLocalInternal: number; noLocalExternal: number }> {
+  ): Promise<{ filter: number; nat: number; partial: boolean; noLocalInternal: number; noLocalExternal: number; memoryReleased: boolean }> {
     const { logger, metrics } = this.options;
     const now = (this.options.clock ?? realClock).now();
     const checkCanary = state.ready && now - state.canaryCheckedAt >= (this.options.canaryCheckIntervalMs ?? 0);
@@ -514,6 +516,7 @@ export class IptablesBackend implements Backend {
       // Counted over every service port, partial sync or not: the top-level chains are always rewritten.
       noLocalInternal: counts.noLocalEndpointsInternal,
       noLocalExternal: counts.noLocalEndpointsExternal,
+      memoryReleased: large,
     };
   }
 

@@ -544,10 +544,16 @@ describe("IptablesBackend", () => {
     const { backend } = makeBackend(exec, { collectGarbage: () => collectedAt.push(exec.restores().length), largeInputChars: 3000 });
     const entries: [ReturnType<typeof servicePort>, ReturnType<typeof endpoint>[]][] = [];
     for (let i = 0; i < 6; i++) entries.push([servicePort("ns", `s${i}`, "", { clusterIP: `10.96.1.${i}`, port: 80 }), [endpoint(`10.244.1.${i}`, 80)]]);
-    await backend.sync(world(entries), full);
+    const result = await backend.sync(world(entries), full);
     expect(exec.restores()).toHaveLength(1);
     expect(exec.restores()[0]!.length).toBeGreaterThanOrEqual(3000);
     expect(collectedAt).toEqual([0, 1]);
+    // The sync loop learns that this sync's memory is already released.
+    expect(result.memoryReleased).toBe(true);
+    const small = await backend.sync(world(entries.slice(0, 1)), full);
+    expect(exec.restores()[1]!.length).toBeLessThan(3000);
+    expect(collectedAt).toEqual([0, 1]);
+    expect(small.memoryReleased).toBe(false);
   });
 
   test("nft: a large full or partial restore goes in bottom-up pieces; a small partial one in one piece", async () => {
