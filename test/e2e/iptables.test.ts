@@ -13,55 +13,13 @@ import { eventually } from "../helpers/process.ts";
 import { hasTool, needs } from "../helpers/require.ts";
 import { createTopology, NODE_IP, type Pod, type Topology, UDP_PORT } from "./topology.ts";
 import { KproxyInNamespace } from "./kproxy.ts";
+import { http, installProbe, probe } from "./probe.ts";
 import { manifest, NODE_NAME, NS, type Svc, tally } from "./manifest.ts";
 
 const e2e = needs(
   isRoot() && hasTool("ip") && hasTool("iptables-nft") && hasTool("iptables-legacy") && hasTool("conntrack"),
   "needs root, iproute2, iptables (legacy and nft) and conntrack",
 );
-
-
-/**
- * Runs inside a namespace (`bun -e`): `http` makes one new connection per request and prints the
- * bodies (or the error code); `load` requests back to back for a while and counts failures; `udp`
- * sends from one fixed source port every few ms and prints each answer.
- */
-const PROBE = String.raw`
-const [mode, host, portText, a, b, c] = process.argv.slice(2);
-const port = Number(portText);
-function get(path = "/") {
-  return new Promise((resolve) => {
-    let data = "";
-    const timer = setTimeout(() => resolve("ERR:timeout"), 1500);
-    Bun.connect({ hostname: host, port, socket: {
-      open(s) { s.write("GET " + path + " HTTP/1.0\r\nHost: x\r\n\r\n"); },
-      data(s, chunk) { data += new TextDecoder().decode(chunk); },
-      close() { clearTimeout(timer); const i = data.indexOf("\r\n\r\n"); resolve(i < 0 ? "ERR:empty" : data.slice(i + 4)); },
-      error(s, e) { clearTimeout(timer); resolve("ERR:" + (e.code ?? e.message)); },
-      connectError(s, e) { clearTimeout(timer); resolve("ERR:" + (e.code ?? e.message)); },
-    }}).catch((e) => { clearTimeout(timer); resolve("ERR:" + (e.code ?? e.message)); });
-  });
-}
-if (mode === "http") {
-  const out = [];
-  for (let i = 0; i < Number(a); i++) out.push(await get(b ?? "/"));
-  console.log(JSON.stringify(out));
-} else if (mode === "load") {
-  const until = Date.now() + Number(a);
-  let ok = 0; const failures = [];
-  while (Date.now() < until) { const r = await get(); if (r.startsWith("ERR")) failures.push(r); else ok++; }
-  console.log(JSON.stringify({ ok, failures }));
-} else if (mode === "udp") {
-  const answers = [];
-  const sock = await Bun.udpSocket({ port: Number(a), socket: { data(s, d) { answers.push([Date.now(), new TextDecoder().decode(d)]); } } });
-  const until = Date.now() + Number(b);
-  while (Date.now() < until) { sock.send("ping", port, host); await Bun.sleep(Number(c)); }
-  sock.close();
-  console.log(JSON.stringify(answers));
-}
-// A connect that never completed would keep the process alive.
-process.exit(0);
-`;
 
 function config(flavour: "legacy" | "nft"): string {
   return [
@@ -78,14 +36,6 @@ function config(flavour: "legacy" | "nft"): string {
     "",
   ].join("\n");
 }
-
-async function probe(ns: Netns, args: readonly (string | number)[], dir: string): Promise<unknown> {
-  const out = await ns.run([process.execPath, join(dir, "probe.ts"), ...args.map(String)], { timeoutMs: 20_000 });
-  return JSON.parse(out.trim().split("\n").at(-1) ?? "null");
-}
-
-const http = async (ns: Netns, host: string, port: number, count: number, dir: string, path = "/") =>
-  (await probe(ns, ["http", host, port, count, path], dir)) as string[];
 
 async function natChains(node: Netns, flavour: string, family: "4" | "6" = "4"): Promise<string> {
   return node.run([`ip${family === "6" ? "6" : ""}tables-${flavour}-save`, "-t", "nat"]);
@@ -129,7 +79,7 @@ describe("iptables mode end to end", () => {
   beforeAll(async () => {
     if (!isRoot()) return;
     dir = await mkdtemp(join(tmpdir(), "kproxy-e2e-ipt-"));
-    await writeFile(join(dir, "probe.ts"), PROBE);
+    await installProbe(dir);
     topo = await createTopology(3);
   }, 30_000);
 
@@ -196,7 +146,7 @@ describe("iptables mode end to end", () => {
       expect(hc503).toContain('"localEndpoints": 0');
 
       // UDP: a client keeping its source port follows the endpoint change (stale flow deleted).
-      const udp = probe(client(), ["udp", "10.96.0.53", 53, 40000, 2500, 25], dir) as Promise<[number, string][]>;
+      const udp = probe(client(), ["udp-for", "10.96.0.53", 53, 40000, 2500, 25], dir) as Promise<[number, string][]>;
       await eventually("UDP answers from pod0", async () => {
         const out = await node().run(["conntrack", "-L", "-p", "udp", "--orig-dst", "10.96.0.53"]).catch(() => "");
         return out.includes("10.244.1.10") ? true : undefined;

@@ -14,6 +14,7 @@ import { Child, eventually } from "../helpers/process.ts";
 import { hasTool, needs } from "../helpers/require.ts";
 import { createTopology, NODE_IP, type Pod, type Topology, UDP_PORT } from "./topology.ts";
 import { KproxyInNamespace } from "./kproxy.ts";
+import { http, installProbe, probe } from "./probe.ts";
 import { manifest, NODE_NAME, NS, type Svc, tally } from "./manifest.ts";
 
 const e2e = needs(isRoot() && hasTool("ip") && hasTool("iptables-nft") && hasTool("conntrack"), "needs root, iproute2, iptables (nft) and conntrack");
@@ -24,49 +25,6 @@ const arm64e2e = needs(
 );
 
 const ROOT = join(import.meta.dir, "../..");
-
-/**
- * Runs inside a namespace (`bun probe.ts`): `http` makes one new connection per request and prints
- * the bodies (or the error code); `udp` sends from one fixed source port every few ms and prints each
- * answer with the address it came from (`udp-for` keeps sending for the whole time and stamps each answer).
- */
-const PROBE = String.raw`
-const [mode, host, portText, a, b, c] = process.argv.slice(2);
-const port = Number(portText);
-function get() {
-  return new Promise((resolve) => {
-    let data = "";
-    const timer = setTimeout(() => resolve("ERR:timeout"), 1500);
-    Bun.connect({ hostname: host, port, socket: {
-      open(s) { s.write("GET / HTTP/1.0\r\nHost: x\r\n\r\n"); },
-      data(s, chunk) { data += new TextDecoder().decode(chunk); },
-      close() { clearTimeout(timer); const i = data.indexOf("\r\n\r\n"); resolve(i < 0 ? "ERR:empty" : data.slice(i + 4)); },
-      error(s, e) { clearTimeout(timer); resolve("ERR:" + (e.code ?? e.message)); },
-      connectError(s, e) { clearTimeout(timer); resolve("ERR:" + (e.code ?? e.message)); },
-    }}).catch((e) => { clearTimeout(timer); resolve("ERR:" + (e.code ?? e.message)); });
-  });
-}
-if (mode === "http") {
-  const out = [];
-  for (let i = 0; i < Number(a); i++) out.push(await get());
-  console.log(JSON.stringify(out));
-} else if (mode === "udp") {
-  const answers = [];
-  const sock = await Bun.udpSocket({ port: Number(a), socket: { data(s, d, fromPort, from) { answers.push(from + ":" + fromPort + " " + new TextDecoder().decode(d)); } } });
-  const until = Date.now() + Number(b);
-  while (Date.now() < until && answers.length < 3) { sock.send("ping", port, host); await Bun.sleep(Number(c)); }
-  sock.close();
-  console.log(JSON.stringify(answers));
-} else if (mode === "udp-for") {
-  const answers = [];
-  const sock = await Bun.udpSocket({ port: Number(a), socket: { data(s, d) { answers.push([Date.now(), new TextDecoder().decode(d)]); } } });
-  const until = Date.now() + Number(b);
-  while (Date.now() < until) { sock.send("ping", port, host); await Bun.sleep(Number(c)); }
-  sock.close();
-  console.log(JSON.stringify(answers));
-}
-process.exit(0);
-`;
 
 const CONFIG = [
   "apiVersion: kubeproxy.config.k8s.io/v1alpha1",
@@ -79,13 +37,6 @@ const CONFIG = [
   "iptables: { syncPeriod: 2s, minSyncPeriod: 0s, flavour: nft }",
   "",
 ].join("\n");
-
-async function probe(ns: Netns, args: readonly (string | number)[], dir: string): Promise<unknown> {
-  const out = await ns.run([process.execPath, join(dir, "probe.ts"), ...args.map(String)], { timeoutMs: 20_000 });
-  return JSON.parse(out.trim().split("\n").at(-1) ?? "null");
-}
-
-const http = async (ns: Netns, host: string, port: number, count: number, dir: string) => (await probe(ns, ["http", host, port, count], dir)) as string[];
 
 /** Every table's rules, for finding our chains and jumps. */
 async function ruleset(node: Netns): Promise<string> {
@@ -123,7 +74,7 @@ describe("userspace mode end to end", () => {
     dir = await mkdtemp(join(tmpdir(), "kproxy-e2e-us-"));
     // The unprivileged run reads the config and manifest from here.
     await chmod(dir, 0o755);
-    await writeFile(join(dir, "probe.ts"), PROBE);
+    await installProbe(dir);
     await writeFile(join(dir, "config.yaml"), CONFIG);
     topo = await createTopology(3);
   }, 30_000);
