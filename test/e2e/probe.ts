@@ -3,21 +3,15 @@ import { join } from "node:path";
 import type { Netns } from "../helpers/netns.ts";
 
 /**
- * The client the netns suites run inside a namespace (`bun probe.ts MODE HOST PORT ...`), printing
- * one JSON line:
- * - `http COUNT [PATH]`: one new connection per request; the bodies, or `ERR:<code>`;
- * - `load MS`: requests back to back for MS ms; `{ ok, failures }`;
- * - `udp SRCPORT MS EVERY`: from one fixed source port every EVERY ms until three answers came or MS
- *   passed; each answer with the address it came from (`ip:port text`);
- * - `udp-for SRCPORT MS EVERY`: the same for the whole MS, each answer stamped `[ms, text]`.
+ * Script text of `httpGet(host, port, path, timeoutMs)`: one HTTP/1.0 request on a new connection,
+ * resolving with the body or `ERR:<code>`. The netns probe below and the guest's long-lived probe
+ * (test/e2e/vm/guest/ipvs-e2e.ts) both include it.
  */
-const PROBE = String.raw`
-const [mode, host, portText, a, b, c] = process.argv.slice(2);
-const port = Number(portText);
-function get(path = "/") {
+export const HTTP_GET = String.raw`
+function httpGet(host, port, path, timeoutMs) {
   return new Promise((resolve) => {
     let data = "";
-    const timer = setTimeout(() => resolve("ERR:timeout"), 1500);
+    const timer = setTimeout(() => resolve("ERR:timeout"), timeoutMs);
     Bun.connect({ hostname: host, port, socket: {
       open(s) { s.write("GET " + path + " HTTP/1.0\r\nHost: x\r\n\r\n"); },
       data(s, chunk) { data += new TextDecoder().decode(chunk); },
@@ -27,6 +21,25 @@ function get(path = "/") {
     }}).catch((e) => { clearTimeout(timer); resolve("ERR:" + (e.code ?? e.message)); });
   });
 }
+`;
+
+/**
+ * The client the netns suites run inside a namespace (`bun probe.ts MODE HOST PORT ...`), printing
+ * one JSON line:
+ * - `http COUNT [PATH]`: one new connection per request; the bodies, or `ERR:<code>`;
+ * - `load MS`: requests back to back for MS ms; `{ ok, failures }`;
+ * - `udp SRCPORT MS EVERY`: from one fixed source port every EVERY ms until three answers came or MS
+ *   passed; each answer with the address it came from (`ip:port text`);
+ * - `udp-for SRCPORT MS EVERY`: the same for the whole MS, each answer stamped `[ms, text]`.
+ */
+const PROBE =
+  String.raw`
+const [mode, host, portText, a, b, c] = process.argv.slice(2);
+const port = Number(portText);
+` +
+  HTTP_GET +
+  String.raw`
+const get = (path = "/") => httpGet(host, port, path, 1500);
 if (mode === "http") {
   const out = [];
   for (let i = 0; i < Number(a); i++) out.push(await get(b ?? "/"));

@@ -13,6 +13,7 @@ import type { Netns } from "../../../helpers/netns.ts";
 import { Child } from "../../../helpers/process.ts";
 import { createTopology, NODE_IP, type Pod, type Topology, UDP_PORT } from "../../topology.ts";
 import { manifest, NODE_NAME, type Svc, tally } from "../../manifest.ts";
+import { HTTP_GET } from "../../probe.ts";
 
 const ROOT = join(import.meta.dir, "../../../..");
 /** kproxy's entry point: src/main.ts, or a bundle of it (KPROXY_MAIN), which starts several times faster under emulation. */
@@ -50,20 +51,10 @@ async function poll<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs
  * A long-lived probe in a namespace (starting Bun is slow under emulation, so each namespace gets
  * one): JSON commands on stdin, one JSON answer per line on stdout.
  */
-const PROBE = String.raw`
-function get(host, port, path = "/") {
-  return new Promise((resolve) => {
-    let data = "";
-    const timer = setTimeout(() => resolve("ERR:timeout"), 2000);
-    Bun.connect({ hostname: host, port, socket: {
-      open(s) { s.write("GET " + path + " HTTP/1.0\r\nHost: x\r\n\r\n"); },
-      data(s, chunk) { data += new TextDecoder().decode(chunk); },
-      close() { clearTimeout(timer); const i = data.indexOf("\r\n\r\n"); resolve(i < 0 ? "ERR:empty" : data.slice(i + 4)); },
-      error(s, e) { clearTimeout(timer); resolve("ERR:" + (e.code ?? e.message)); },
-      connectError(s, e) { clearTimeout(timer); resolve("ERR:" + (e.code ?? e.message)); },
-    }}).catch((e) => { clearTimeout(timer); resolve("ERR:" + (e.code ?? e.message)); });
-  });
-}
+const PROBE =
+  HTTP_GET +
+  String.raw`
+const get = (host, port) => httpGet(host, port, "/", 2000);
 for await (const line of console) {
   const c = JSON.parse(line);
   let out;
