@@ -1,21 +1,24 @@
-import { isIPv4, isIPv6 } from "node:net";
+/**
+ * The model's view of IP text (families as the API names them), on the one parser in config/net.ts.
+ */
+import { formatIP, ipFamily, parseIP } from "../config/net.ts";
 import type { IPFamily } from "./types.ts";
 
-/** The family of a textual IP, or undefined when it is not an IP. */
+/** The family of a textual IP, or undefined when it is not an IP (a zone such as `%eth0` is not). */
 export function ipFamilyOf(ip: string): IPFamily | undefined {
-  if (isIPv4(ip)) return "IPv4";
-  if (isIPv6(ip) && !ip.includes("%")) return "IPv6";
-  return undefined;
+  const family = ipFamily(ip);
+  return family === 4 ? "IPv4" : family === 6 ? "IPv6" : undefined;
 }
 
 /**
- * The canonical text of an IP (lower-case, zero runs compressed for IPv6), so the same address
- * written two ways is one endpoint and one rule.
+ * The canonical text of an IP (lower-case, zero runs compressed for IPv6, as RFC 5952 describes),
+ * so the same address written two ways is one endpoint and one rule. Text that is no IP comes back
+ * as it is.
  */
 export function canonicalIP(ip: string): string {
   if (!ip.includes(":")) return ip;
-  // The URL parser canonicalizes IPv6 hosts as RFC 5952 describes.
-  return new URL(`http://[${ip}]/`).hostname.slice(1, -1);
+  const parsed = parseIP(ip);
+  return parsed ? formatIP(parsed) : ip;
 }
 
 /** The family of a CIDR such as `10.0.0.0/8` or `fd00::/64`, or undefined when it is not one. */
