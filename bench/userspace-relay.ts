@@ -1,12 +1,12 @@
 /**
  * The userspace relay against its references, side by side in one run on loopback: a direct
  * connection, kproxy's TCP relay (its own process) and HAProxy (one process, mode tcp). Measures iperf3
- * throughput, wrk requests/s with keep-alive and with a new connection per request, the p99 latency
+ * throughput (one stream, and two at once), wrk requests/s with keep-alive and with a new connection per request, the p99 latency
  * the proxy adds, and the proxy's resident memory with 1,000 idle relayed connections.
  *
  *   bun bench/userspace-relay.ts [--seconds 2] [--rounds 3] [--connections 50] [--idle 1000] [--threads N]
- *                                [--bun-threads] [--reuseport] [--no-main-thread] [--also-threads 1,4]
- *                                [--server bun|nginx]
+ *                                [--bun-threads] [--reuseport] [--no-rebalance] [--no-main-thread]
+ *                                [--also-threads 1,4] [--server bun|nginx]
  *
  * The HTTP server is nginx as Debian configures it (a worker per CPU; Debian package nginx-light),
  * the server of the reference figures in the design notes: a server in C keeps the server's own cost
@@ -15,11 +15,13 @@
  * reacts to how requests bunch up, so the proxies' differences show less there.
  *
  * kproxy runs as it does by default in userspace mode: N relay threads accepting on one shared
- * listening socket, each on the epoll relay (N defaults to the number of CPUs, as kproxy's does; HAProxy
- * likewise runs one thread per CPU by default). That row, marked "(default)", is the one the goal is
+ * listening socket, each on the epoll relay, a saturated thread handing connections to an idle one
+ * (N defaults to the number of CPUs, as kproxy's does; HAProxy likewise runs one thread per CPU by
+ * default). That row, marked "(default)", is the one the goal is
  * judged on. For reference it also runs relaying on its main thread with Bun's sockets (the fallback
  * when threads cannot start; `--no-main-thread` leaves it out), with `--reuseport` N threads each with its
- * own SO_REUSEPORT listener, and with `--bun-threads` N threads on Bun's sockets. Each figure is the
+ * own SO_REUSEPORT listener, with `--no-rebalance` N threads that keep each connection where it was
+ * accepted, and with `--bun-threads` N threads on Bun's sockets. Each figure is the
  * median of `rounds` runs, the targets taking turns within a round so that load from elsewhere on the
  * machine hits them alike; each round's ratio to HAProxy is printed too, with its spread.
  *
@@ -42,6 +44,8 @@ const idleConnections = Number(args["idle"] ?? 1000);
 const threads = Number(args["threads"] ?? navigator.hardwareConcurrency);
 const bunThreads = args["bun-threads"] !== undefined;
 const reusePortRow = args["reuseport"] !== undefined;
+/** A row of the default relay with rebalancing off, to show what moving connections between threads is worth. */
+const noRebalanceRow = args["no-rebalance"] !== undefined;
 const mainThreadRow = args["no-main-thread"] === undefined;
 /** Thread counts for extra rows of the default relay, e.g. `--also-threads 1,4`. */
 const alsoThreads = (args["also-threads"] ?? "").split(",").filter((x) => x !== "").map(Number);
@@ -62,6 +66,8 @@ interface Target {
 
 interface Row {
   throughputGbps: number[];
+  /** Two parallel streams: whether the proxy spreads long-lived busy connections over its cores. */
+  twoStreamsGbps: number[];
   keepAliveRps: number[];
   keepAliveP99Ms: number[];
   newConnRps: number[];
@@ -102,14 +108,18 @@ try {
   await waitForPort(iperfPort);
 
   const kproxyTargets: Target[] = [];
-  const variants: { name: string; threads: number; engine: string; accept?: string }[] = [{ name: `kproxy ${threads} threads (default)`, threads, engine: "epoll" }];
+  const variants: { name: string; threads: number; engine: string; accept?: string; noRebalance?: boolean }[] = [
+    { name: `kproxy ${threads} threads (default)`, threads, engine: "epoll" },
+  ];
+  if (noRebalanceRow) variants.push({ name: `kproxy ${threads} threads, no rebalancing`, threads, engine: "epoll", noRebalance: true });
   if (reusePortRow) variants.push({ name: `kproxy ${threads} threads, reuseport`, threads, engine: "epoll", accept: "reuseport" });
   for (const n of alsoThreads) variants.push({ name: `kproxy ${n} threads`, threads: n, engine: "epoll" });
   if (mainThreadRow) variants.push({ name: "kproxy main thread, bun sockets", threads: 0, engine: "bun" });
   if (bunThreads) variants.push({ name: `kproxy ${threads} threads, bun sockets`, threads, engine: "bun" });
-  for (const { name, threads: n, engine, accept } of variants) {
+  for (const { name, threads: n, engine, accept, noRebalance } of variants) {
     const argv = [bun, join(benchDir, "relay/kproxy-relay.ts"), `http=${HOST}:${httpPort}`, `iperf=${HOST}:${iperfPort}`, `--threads=${n}`, `--engine=${engine}`];
     if (accept) argv.push(`--accept=${accept}`);
+    if (noRebalance) argv.push("--no-rebalance");
     const p = spawnTracked(argv);
     const ports = ((await firstJsonLine(p)) as { ports: Record<string, number> }).ports;
     kproxyTargets.push({ name, httpPort: req(ports["http"]), iperfPort: req(ports["iperf"]), pid: p.pid });
@@ -132,6 +142,7 @@ try {
   for (const t of targets) {
     rows.set(t.name, {
       throughputGbps: [],
+      twoStreamsGbps: [],
       keepAliveRps: [],
       keepAliveP99Ms: [],
       newConnRps: [],
@@ -152,6 +163,7 @@ try {
     // land on the same one.
     const order = targets.map((_, i) => targets[(i + r) % targets.length] as Target);
     for (const t of order) row(t).throughputGbps.push(await iperf(t.iperfPort, seconds));
+    for (const t of order) row(t).twoStreamsGbps.push(await iperf(t.iperfPort, seconds, 2));
     for (const t of order) {
       const k = await wrk(t.httpPort, seconds, false, connections);
       row(t).keepAliveRps.push(k.rps);
@@ -207,6 +219,7 @@ function printTable(targets: Target[], rows: Map<string, Row>, elapsedS: number)
   const ratios = (pick: (r: Row) => number) => kNames.flatMap((n) => [ratio(pick(get(n)), pick(h)), ratio(pick(get(n)), pick(d))]);
   const blank = kNames.flatMap(() => ["", ""]);
   const tp = (r: Row) => median(r.throughputGbps);
+  const tp2 = (r: Row) => median(r.twoStreamsGbps);
   const ka = (r: Row) => median(r.keepAliveRps);
   const nc = (r: Row) => median(r.newConnRps);
   const kaP99 = (r: Row) => median(r.keepAliveP99Ms);
@@ -216,6 +229,7 @@ function printTable(targets: Target[], rows: Map<string, Row>, elapsedS: number)
   const lines: string[][] = [
     ["metric (median)", ...targets.map((t) => t.name), ...kNames.flatMap((n) => [`${n} / haproxy`, `${n} / direct`])],
     ["iperf3 throughput (Gbit/s)", ...all.map((r) => tp(r).toFixed(1)), ...ratios(tp)],
+    ["iperf3 throughput, 2 streams (Gbit/s)", ...all.map((r) => tp2(r).toFixed(1)), ...ratios(tp2)],
     ["wrk keep-alive (req/s)", ...all.map((r) => fmtK(ka(r))), ...ratios(ka)],
     ["wrk new conn per request (req/s)", ...all.map((r) => fmtK(nc(r))), ...ratios(nc)],
     ["p50 / p99, 1 conn serial (µs)", ...all.map((r) => `${(1000 * p50One(r)).toFixed(0)} / ${(1000 * p99One(r)).toFixed(0)}`), ...blank],
@@ -243,10 +257,10 @@ function printTable(targets: Target[], rows: Map<string, Row>, elapsedS: number)
   console.log(fmt(lines[0]!));
   console.log("|" + widths.map((w) => "-".repeat(w + 2)).join("|") + "|");
   for (const l of lines.slice(1)) console.log(fmt(l));
-  console.log("\nraw runs (Gbit/s | keep-alive req/s | new-conn req/s):");
+  console.log("\nraw runs (Gbit/s | 2 streams Gbit/s | keep-alive req/s | new-conn req/s):");
   for (const t of targets) {
     const r = get(t.name);
-    console.log(`  ${t.name}: ${r.throughputGbps.map((x) => x.toFixed(1)).join(" ")} | ${r.keepAliveRps.map(fmtK).join(" ")} | ${r.newConnRps.map(fmtK).join(" ")}`);
+    console.log(`  ${t.name}: ${r.throughputGbps.map((x) => x.toFixed(1)).join(" ")} | ${r.twoStreamsGbps.map((x) => x.toFixed(1)).join(" ")} | ${r.keepAliveRps.map(fmtK).join(" ")} | ${r.newConnRps.map(fmtK).join(" ")}`);
   }
   // Each round's figure over HAProxy's in the same round: load from elsewhere on the machine moves both
   // alike, so the spread of these says how far the medians above can be trusted.
@@ -260,7 +274,7 @@ function printTable(targets: Target[], rows: Map<string, Row>, elapsedS: number)
   for (const n of kNames) {
     const k = get(n);
     console.log(
-      `  ${n}: throughput ${perRound(k.throughputGbps, h.throughputGbps)} | keep-alive ${perRound(k.keepAliveRps, h.keepAliveRps)} | ` +
+      `  ${n}: throughput ${perRound(k.throughputGbps, h.throughputGbps)} | 2 streams ${perRound(k.twoStreamsGbps, h.twoStreamsGbps)} | keep-alive ${perRound(k.keepAliveRps, h.keepAliveRps)} | ` +
         `new conn ${perRound(k.newConnRps, h.newConnRps)}`,
     );
   }
@@ -279,8 +293,8 @@ function fmtMiB(n: number | undefined): string {
   return n === undefined ? "-" : n.toFixed(1);
 }
 
-async function iperf(port: number, secs: number): Promise<number> {
-  const out = await run(["iperf3", "-c", HOST, "-p", String(port), "-t", String(secs), "-J"]);
+async function iperf(port: number, secs: number, streams = 1): Promise<number> {
+  const out = await run(["iperf3", "-c", HOST, "-p", String(port), "-t", String(secs), "-P", String(streams), "-J"]);
   const json = JSON.parse(out) as { end?: { sum_received?: { bits_per_second?: number } }; error?: string };
   const bps = json.end?.sum_received?.bits_per_second;
   if (bps === undefined) throw new Error(`iperf3 gave no result: ${json.error ?? out.slice(0, 200)}`);

@@ -3,7 +3,8 @@
  * load generators. Arguments: `name=ip:port` per service, and `--threads=N` to relay on N worker
  * threads sharing each port (0, the default, relays on the main thread with Bun's sockets), and
  * `--engine=bun` to have those threads use Bun's sockets instead of the epoll relay, `--accept=reuseport`
- * for a listening socket per thread instead of one shared by all. Prints
+ * for a listening socket per thread instead of one shared by all, `--no-rebalance` to keep every
+ * connection on the thread that accepted it. Prints
  * `{"ports":{name:port}}`.
  */
 import { LoadBalancer, startTcpRelay, TcpRelayWorkers } from "../../src/backends/userspace/index.ts";
@@ -12,6 +13,7 @@ import type { AcceptMode, ProxySocket, RelayEngine } from "../../src/backends/us
 let threads = 0;
 let engine: RelayEngine = "epoll";
 let accept: AcceptMode | undefined;
+let rebalance = true;
 const services: [string, string][] = [];
 for (const arg of process.argv.slice(2)) {
   if (arg.startsWith("--engine=")) {
@@ -20,6 +22,10 @@ for (const arg of process.argv.slice(2)) {
   }
   if (arg.startsWith("--accept=")) {
     accept = arg.slice("--accept=".length) === "reuseport" ? "reuseport" : "shared";
+    continue;
+  }
+  if (arg === "--no-rebalance") {
+    rebalance = false;
     continue;
   }
   if (arg.startsWith("--threads=")) {
@@ -33,7 +39,7 @@ for (const arg of process.argv.slice(2)) {
 
 const ports: Record<string, number> = {};
 const relays: ProxySocket[] = [];
-const pool = threads > 0 ? TcpRelayWorkers.start({ threads, engine, ...(accept ? { accept } : {}) }) : undefined;
+const pool = threads > 0 ? TcpRelayWorkers.start({ threads, engine, rebalance, ...(accept ? { accept } : {}) }) : undefined;
 const balancer = new LoadBalancer();
 for (const [name, endpoint] of services) {
   let relay: ProxySocket;

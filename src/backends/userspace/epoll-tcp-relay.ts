@@ -18,6 +18,8 @@ import type { CloseOptions } from "./proxy-socket.ts";
 import { splitHostPort, Stat } from "./proxy-socket.ts";
 import type { TcpRelay, TcpRelayOptions } from "./tcp-relay.ts";
 import { TcpRelayCore } from "./tcp-relay-core.ts";
+import type { Handover, HandoverInbox, HandoverLimits, HandoverShared } from "./handover.ts";
+import { DEFAULT_HANDOVER_LIMITS, HandoverFlag, handoverTarget, inboxOf, loadsView } from "./handover.ts";
 import type { Libc } from "./libc.ts";
 import {
   ACCEPT_FLAGS,
@@ -29,6 +31,7 @@ import {
   EINTR,
   EPOLL_CLOEXEC,
   EPOLL_CTL_ADD,
+  EPOLL_CTL_DEL,
   EPOLLERR,
   EPOLLET,
   EPOLLEXCLUSIVE,
@@ -66,6 +69,27 @@ export interface EpollTcpRelayOptions extends Omit<TcpRelayOptions, "connect"> {
   readonly joinFd?: number;
   /** Open the listener for other threads to join (see `joinFd`): woken exclusively. */
   readonly shared?: boolean;
+  /**
+   * Moving established connections between the relay threads of this port (see `Rebalancing`):
+   * what the threads share, this thread's index in it, the threads of this port (the opener first)
+   * and the id all of them know this port by.
+   */
+  readonly rebalancing?: Rebalancing;
+}
+
+/**
+ * Relay threads move established connections between them by load: a saturated thread (one that had
+ * work for nearly all of the last 100 ms, see handover.ts `handoverTarget`) hands every other one of
+ * its busiest connections to the least loaded thread of the port. New connections go to whichever
+ * thread is idle when they come and a long-lived one stays where it landed, so without this two busy
+ * streams could share one core for their whole life while another idles.
+ */
+export interface Rebalancing {
+  readonly shared: HandoverShared;
+  readonly threadIndex: number;
+  readonly group: readonly number[];
+  readonly listenId: number;
+  readonly limits?: HandoverLimits;
 }
 
 /** A relay on this thread's epoll loop; `listenerFd` is what other threads pass as `joinFd`. */
@@ -79,6 +103,8 @@ const MAX_EVENTS = 512;
 /** Connections taken per report of a listener (level-triggered, so the rest come with the next wait). */
 const ACCEPTS_PER_EVENT = 1;
 const READ_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP;
+/** Each socket of a connection is registered once, for both directions, edge-triggered. */
+const SIDE_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 
 /** One socket of a relayed connection; `peer` is the other. */
 class Side {
@@ -109,6 +135,10 @@ class Conn {
   attempt = 0;
   dialDeadline = 0;
   done = false;
+  /** When the connection came to this thread (the loop's coarse clock), to leave young ones in place. */
+  since = 0;
+  /** Bytes relayed (both ways) since it came to this thread: with `since`, how busy it is. */
+  bytes = 0;
   /** Neighbours in the relay's list of live connections. */
   prev: Conn | undefined;
   next: Conn | undefined;
@@ -153,6 +183,7 @@ class EpollLoop {
   /** The owner writes here after posting a message; -1 when eventfd failed (turns then just end on time). */
   readonly wakeFd: number;
   private readonly wakeCount;
+  private readonly wakeCountOne;
   /** Messages announced through the eventfd and not yet seen: until they are, turns do not block. */
   private wakesOwed = 0;
   /** When turns stop waiting for owed messages anyway (a wake-up whose message came before it). */
@@ -163,6 +194,12 @@ class EpollLoop {
    */
   private resumeFrom = 0;
   private resumeTo = 0;
+  /** performance.now() at the start of the current turn: a clock for what needs no precision. */
+  clockMs = performance.now();
+  private readonly relaysById = new Map<number, EpollRelay>();
+  private handover: ThreadHandover | undefined;
+  /** The handover inbox's eventfd once rebalancing is on, else -1. */
+  private inboxFd = -1;
 
   constructor(c: Libc) {
     this.c = c;
@@ -179,6 +216,8 @@ class EpollLoop {
     this.one = pinned(4);
     this.one.view.setInt32(0, 1, true);
     this.wakeCount = pinned(8);
+    this.wakeCountOne = pinned(8);
+    this.wakeCountOne.view.setBigUint64(0, 1n, true);
     this.wakeFd = c.fn.eventfd(0, EFD_NONBLOCK_CLOEXEC);
     if (this.wakeFd >= 0 && c.fn.epoll_ctl(this.ep, EPOLL_CTL_ADD, this.wakeFd, this.wakeEvent()) < 0) {
       c.fn.close(this.wakeFd);
@@ -204,6 +243,38 @@ class EpollLoop {
     // The counter sums every write since the last read: one per message posted.
     this.wakesOwed += Number(this.wakeCount.view.getBigUint64(0, true));
     this.owedUntil = performance.now() + OWED_WAIT_MS;
+  }
+
+  /** Takes part in rebalancing (once per thread; later calls only confirm it). */
+  joinRebalancing(r: Rebalancing): void {
+    if (this.handover) return;
+    const fd = r.shared.inboxFds[r.threadIndex];
+    if (fd === undefined || fd < 0) return;
+    const o = this.c.epollDataOffset;
+    this.ctl.view.setUint32(0, EPOLLIN, true);
+    this.ctl.view.setUint32(o, fd, true);
+    this.ctl.view.setUint32(o + 4, 0, true);
+    if (this.c.fn.epoll_ctl(this.ep, EPOLL_CTL_ADD, fd, this.ctl.at) < 0) return;
+    const inboxes: HandoverInbox[] = [];
+    for (let i = 0; i < r.shared.inboxFds.length; i++) inboxes.push(inboxOf(r.shared, i));
+    this.inboxFd = fd;
+    this.handover = {
+      index: r.threadIndex,
+      inboxFd: fd,
+      inboxFds: r.shared.inboxFds,
+      inboxes,
+      loads: loadsView(r.shared),
+      lastAt: 0,
+      waitedMs: 0,
+      quietUntil: 0,
+      limits: r.limits ?? DEFAULT_HANDOVER_LIMITS,
+    };
+  }
+
+  /** Stops watching an fd that stays open (handed to another thread). */
+  detach(fd: number): void {
+    this.owners[fd] = undefined;
+    this.c.fn.epoll_ctl(this.ep, EPOLL_CTL_DEL, fd, null);
   }
 
   register(fd: number, owner: Side | ListenerEntry, events: number): number {
@@ -243,6 +314,7 @@ class EpollLoop {
 
   add(relay: EpollRelay): void {
     this.relays.add(relay);
+    if (relay.listenId !== undefined) this.relaysById.set(relay.listenId, relay);
     if (!this.running) {
       this.running = true;
       setImmediate(this.turn);
@@ -251,6 +323,7 @@ class EpollLoop {
 
   remove(relay: EpollRelay): void {
     this.relays.delete(relay);
+    if (relay.listenId !== undefined && this.relaysById.get(relay.listenId) === relay) this.relaysById.delete(relay.listenId);
   }
 
   watchDial(conn: Conn, attempt: number): void {
@@ -268,6 +341,10 @@ class EpollLoop {
       this.running = false;
       return;
     }
+    const now = performance.now();
+    this.clockMs = now;
+    const h = this.handover;
+    if (h && now - h.lastAt >= REBALANCE_INTERVAL_MS) this.rebalance(h, now);
     if (this.wakesOwed > 0 && performance.now() > this.owedUntil) this.wakesOwed = 0;
     if (this.wakesOwed > 0) {
       // Messages on their way: no events until they are in, unless none are held back.
@@ -289,6 +366,10 @@ class EpollLoop {
       from = this.resumeFrom;
       n = this.resumeTo;
       this.resumeTo = 0;
+    } else if (timeoutMs > 0 && this.handover) {
+      const t0 = performance.now();
+      n = c.fn.epoll_wait(this.ep, this.events.at, MAX_EVENTS, timeoutMs);
+      this.handover.waitedMs += performance.now() - t0;
     } else n = c.fn.epoll_wait(this.ep, this.events.at, MAX_EVENTS, timeoutMs);
     const view = this.events.view;
     const size = c.epollEventSize;
@@ -297,6 +378,10 @@ class EpollLoop {
       const base = i * size;
       const ev = view.getUint32(base, true);
       const fd = view.getUint32(base + o, true);
+      if (fd === this.inboxFd) {
+        this.takeHandovers(this.handover as ThreadHandover);
+        continue;
+      }
       if (fd === this.wakeFd) {
         this.drainWake();
         if (this.wakesOwed > 0 && i + 1 < n) {
@@ -322,6 +407,50 @@ class EpollLoop {
     if (this.dialQueues.length > 0) this.expireDials();
   }
 
+  /** Publishes this thread's load and moves connections where the loads say (see `Rebalancing`). */
+  private rebalance(h: ThreadHandover, now: number): void {
+    // The share of the interval not spent waiting for events: 1 when the thread never ran out of
+    // work, whether it ran all the time or waited for a core (which its CPU time would not show).
+    const load = h.lastAt > 0 ? Math.max(0, 1 - h.waitedMs / (now - h.lastAt)) : 0;
+    h.lastAt = now;
+    h.waitedMs = 0;
+    const loads = h.loads;
+    loads[h.index * 2] = load;
+    if (now < h.quietUntil) return;
+    const loadOf = (thread: number) => loads[thread * 2] ?? 1;
+    for (const relay of this.relays) {
+      const target = handoverTarget(h.index, relay.group, loadOf, h.limits);
+      if (target === undefined) continue;
+      if (relay.handOverBusiest(target, h, now) > 0) {
+        // Let the loads show the move before judging again.
+        h.quietUntil = now + 3 * REBALANCE_INTERVAL_MS;
+      }
+    }
+  }
+
+  /** Announces handovers put in thread `index`'s inbox. */
+  announce(h: ThreadHandover, index: number, count: number): void {
+    h.loads[h.index * 2 + 1] = (h.loads[h.index * 2 + 1] ?? 0) + count;
+    const fd = h.inboxFds[index];
+    if (fd !== undefined) this.c.fn.write(fd, this.wakeCountOne.at, 8);
+  }
+
+  private takeHandovers(h: ThreadHandover): void {
+    // The eventfd's counter only says "look"; the inbox holds what came.
+    this.c.fn.read(h.inboxFd, this.wakeCount.at, 8);
+    const inbox = h.inboxes[h.index];
+    if (!inbox) return;
+    for (const handed of inbox.takeAll()) {
+      const relay = this.relaysById.get(handed.listenId);
+      if (relay) relay.adopt(handed);
+      else {
+        // The port closed while the connection was on its way: nobody relays it now.
+        this.c.fn.close(handed.clientFd);
+        this.c.fn.close(handed.backendFd);
+      }
+    }
+  }
+
   private expireDials(): void {
     const now = performance.now();
     for (let attempt = 0; attempt < this.dialQueues.length; attempt++) {
@@ -343,6 +472,26 @@ class EpollLoop {
     }
   }
 }
+
+/** What a relay thread keeps for rebalancing (see `Rebalancing`). */
+interface ThreadHandover {
+  readonly index: number;
+  readonly inboxFd: number;
+  readonly inboxFds: readonly number[];
+  readonly inboxes: readonly HandoverInbox[];
+  /** Per thread: load, then connections handed over so far. */
+  readonly loads: Float64Array;
+  lastAt: number;
+  /** Time spent blocked in epoll_wait since `lastAt`. */
+  waitedMs: number;
+  /** No handovers before this (after one, until the loads show it). */
+  quietUntil: number;
+  readonly limits: HandoverLimits;
+}
+
+const REBALANCE_INTERVAL_MS = 100;
+/** Connections younger than this stay where they are (most short ones end before it). */
+const HANDOVER_MIN_AGE_MS = 200;
 
 /** How long turns keep from blocking while a message announced by a wake-up has not arrived. */
 const OWED_WAIT_MS = 5;
@@ -441,6 +590,7 @@ function flush(side: Side): boolean {
       return false;
     }
     relay.countOut(side.toClient, n);
+    side.conn.bytes += n;
     side.queued -= n;
     relay.counters[Stat.bufferedBytes]! -= n;
     const rest = n < chunk.byteLength ? chunk.subarray(n) : undefined;
@@ -500,6 +650,7 @@ function pump(side: Side, untilEmpty: boolean, finSeen = false): void {
       if (w === n) {
         if (out.connecting) dialDone(out);
         relay.countOut(out.toClient, n);
+        conn.bytes += n;
         if (last) break;
         if (n < CHUNK && !untilEmpty) return;
         continue;
@@ -521,6 +672,7 @@ function pump(side: Side, untilEmpty: boolean, finSeen = false): void {
       } else {
         if (out.connecting) dialDone(out);
         relay.countOut(out.toClient, w);
+        conn.bytes += w;
         queue(out, buf.bytes.slice(w, n));
       }
       side.stalled = true;
@@ -616,11 +768,105 @@ class EpollRelay extends TcpRelayCore<Target> implements EpollTcpRelay {
   private readonly v6: boolean;
   /** Closed for new connections but still relaying; leaves the loop once the last one ends. */
   private draining = false;
+  /** Rebalancing: the port's id among the threads and the threads serving it (empty: not rebalanced). */
+  readonly listenId: number | undefined;
+  readonly group: readonly number[];
 
   constructor(options: EpollTcpRelayOptions, loop: EpollLoop) {
     super(options);
     this.loop = loop;
     this.v6 = options.host.includes(":");
+    this.listenId = options.rebalancing?.listenId;
+    this.group = options.rebalancing?.group ?? [];
+  }
+
+  get activeCount(): number {
+    return this.active;
+  }
+
+  /**
+   * Hands every other one of this port's busiest connections here (ranked by bytes per second since
+   * they came) to thread `target`: about half the load. Of those, only established connections with
+   * nothing buffered and no dial in progress, older than HANDOVER_MIN_AGE_MS, move now; their sockets
+   * leave this thread's epoll set and join the target's, which reports any bytes that arrived in
+   * between, so none are lost. Returns how many moved.
+   */
+  handOverBusiest(target: number, h: ThreadHandover, now: number): number {
+    const inbox = h.inboxes[target];
+    if (!inbox || this.listenId === undefined) return 0;
+    const busy: Conn[] = [];
+    for (let conn = this.head; conn; conn = conn.next) if (conn.bytes > 0 && !conn.done) busy.push(conn);
+    // One busy connection moved would only move the saturation.
+    if (busy.length < 2) return 0;
+    const rate = (conn: Conn) => conn.bytes / Math.max(1, now - conn.since);
+    busy.sort((x, y) => rate(y) - rate(x));
+    const loop = this.loop;
+    let moved = 0;
+    for (let k = 1; k < busy.length; k += 2) {
+      const conn = busy[k] as Conn;
+      const c = conn.client;
+      const b = conn.backend;
+      // Only a connection between two reads moves: established, nothing buffered, not waiting on a
+      // slow reader; one that is not, stays for a later look.
+      const movable =
+        conn.attempt > 0 &&
+        !b.connecting &&
+        c.fd >= 0 &&
+        b.fd >= 0 &&
+        !c.closed &&
+        !b.closed &&
+        c.queued === 0 &&
+        b.queued === 0 &&
+        !c.stalled &&
+        !b.stalled &&
+        now - conn.since >= HANDOVER_MIN_AGE_MS;
+      if (!movable) continue;
+      loop.detach(c.fd);
+      loop.detach(b.fd);
+      const flags =
+        (c.finIn ? HandoverFlag.clientFinIn : 0) |
+        (c.finOut ? HandoverFlag.clientFinOut : 0) |
+        (b.finIn ? HandoverFlag.backendFinIn : 0) |
+        (b.finOut ? HandoverFlag.backendFinOut : 0);
+      if (!inbox.put({ listenId: this.listenId, clientFd: c.fd, backendFd: b.fd, flags })) {
+        // The target's inbox is full: keep this one, and the rest, here.
+        c.token = loop.register(c.fd, c, SIDE_EVENTS);
+        b.token = loop.register(b.fd, b, SIDE_EVENTS);
+        break;
+      }
+      conn.done = true;
+      this.unlink(conn);
+      moved++;
+    }
+    if (moved > 0) loop.announce(h, target, moved);
+    if (this.draining && !this.head) loop.remove(this);
+    return moved;
+  }
+
+  /** Takes up a connection another thread handed over (see `handOver`). */
+  adopt(handed: Handover): void {
+    const loop = this.loop;
+    const conn = new Conn(this, "");
+    conn.attempt = 1;
+    conn.since = loop.clockMs;
+    const c = conn.client;
+    const b = conn.backend;
+    c.fd = handed.clientFd;
+    b.fd = handed.backendFd;
+    c.finIn = (handed.flags & HandoverFlag.clientFinIn) !== 0;
+    c.finOut = (handed.flags & HandoverFlag.clientFinOut) !== 0;
+    b.finIn = (handed.flags & HandoverFlag.backendFinIn) !== 0;
+    b.finOut = (handed.flags & HandoverFlag.backendFinOut) !== 0;
+    try {
+      c.token = loop.register(c.fd, c, SIDE_EVENTS);
+      b.token = loop.register(b.fd, b, SIDE_EVENTS);
+    } catch (err) {
+      this.logger?.error("taking over a connection failed", { service: this.serviceKey, err });
+      loop.release(c.fd);
+      loop.release(b.fd);
+      return;
+    }
+    this.link(conn);
   }
 
   protected override parseTarget(endpoint: string): Target | undefined {
@@ -695,7 +941,8 @@ class EpollRelay extends TcpRelayCore<Target> implements EpollTcpRelay {
       if (fd < 0) return;
       const conn = new Conn(this, wantIP ? sockaddrIP(loop.addr.view) : "");
       conn.client.fd = fd;
-      conn.client.token = loop.register(fd, conn.client, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
+      conn.client.token = loop.register(fd, conn.client, SIDE_EVENTS);
+      conn.since = loop.clockMs;
       this.link(conn);
       this.counters[Stat.total]!++;
       this.dial(conn, false);
@@ -749,7 +996,7 @@ class EpollRelay extends TcpRelayCore<Target> implements EpollTcpRelay {
     }
     side.fd = fd;
     side.connecting = true;
-    side.token = loop.register(fd, side, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
+    side.token = loop.register(fd, side, SIDE_EVENTS);
     conn.dialDeadline = performance.now() + timeoutMs;
     loop.watchDial(conn, conn.attempt - 1);
   }
@@ -762,16 +1009,20 @@ class EpollRelay extends TcpRelayCore<Target> implements EpollTcpRelay {
     this.counters[Stat.active] = this.active;
   }
 
-  connectionDone(conn: Conn): void {
-    if (conn.done) return;
-    conn.done = true;
-    conn.dialDeadline = 0;
+  private unlink(conn: Conn): void {
     if (conn.prev) conn.prev.next = conn.next;
     else this.head = conn.next;
     if (conn.next) conn.next.prev = conn.prev;
     conn.prev = conn.next = undefined;
     this.active--;
     this.counters[Stat.active] = this.active;
+  }
+
+  connectionDone(conn: Conn): void {
+    if (conn.done) return;
+    conn.done = true;
+    conn.dialDeadline = 0;
+    this.unlink(conn);
     for (const s of [conn.client, conn.backend]) {
       if (s.queued > 0) this.counters[Stat.bufferedBytes]! -= s.queued;
       s.queued = 0;
@@ -804,6 +1055,7 @@ export function startEpollTcpRelay(options: EpollTcpRelayOptions): EpollTcpRelay
   const loop = loopOfThisThread();
   if (!loop) return undefined;
   if (options.blockMs !== undefined) loop.blockMs = options.blockMs;
+  if (options.rebalancing) loop.joinRebalancing(options.rebalancing);
   const relay = new EpollRelay(options, loop);
   if (options.joinFd !== undefined) relay.join(options.joinFd);
   else relay.listen(options.port, options.reusePort ?? false, options.shared ?? false);

@@ -1,4 +1,5 @@
 import type { SessionAffinity } from "../../model/types.ts";
+import type { HandoverLimits, HandoverShared } from "./handover.ts";
 
 /**
  * How a relay thread moves bytes: "epoll" on raw sockets through libc (fewer system calls; Linux),
@@ -32,6 +33,17 @@ type WorkerMessage =
       readonly joinFd?: number;
       readonly engine: RelayEngine;
       readonly dialTimeoutsMs: readonly number[];
+      /**
+       * Rebalancing of established connections between the threads of this port (epoll engine):
+       * what the threads share, this thread's index, the port's threads (the opener first), the port's id.
+       */
+      readonly rebalancing?: {
+        readonly shared: HandoverShared;
+        readonly threadIndex: number;
+        readonly group: readonly number[];
+        readonly listenId: number;
+        readonly limits?: HandoverLimits;
+      };
       /** Shared counters of this listener; this thread writes slot `slot`. */
       readonly counters: SharedArrayBuffer;
       readonly slot: number;

@@ -53,7 +53,11 @@ self.onmessage = async (event: MessageEvent<WorkerRequest>) => {
         // where it cannot run.
         const epoll = m.engine === "epoll" && epollRelayAvailable();
         if (m.joinFd !== undefined && !epoll) throw new Error("cannot join a shared listener without the epoll relay");
-        const shared = { ...(m.joinFd !== undefined ? { joinFd: m.joinFd } : {}), shared: m.share ?? false };
+        const shared = {
+          ...(m.joinFd !== undefined ? { joinFd: m.joinFd } : {}),
+          shared: m.share ?? false,
+          ...(m.rebalancing ? { rebalancing: m.rebalancing } : {}),
+        };
         const epollRelay = epoll ? startEpollTcpRelay({ ...options, ...shared }) : undefined;
         const relay = epollRelay ?? startTcpRelay(options);
         relays.set(m.serviceKey, relay);

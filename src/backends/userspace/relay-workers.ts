@@ -4,7 +4,9 @@ import type { CloseOptions, RelayStats } from "./proxy-socket.ts";
 import { ENDPOINT_DIAL_TIMEOUTS_MS, STAT_SLOTS, statsFrom, sumStats } from "./proxy-socket.ts";
 import type { RelayEngine, WorkerReply, WorkerRequest } from "./relay-protocol.ts";
 import type { TcpRelay } from "./tcp-relay.ts";
-import { openLibc, pinned } from "./libc.ts";
+import { EFD_NONBLOCK_CLOEXEC, openLibc, pinned } from "./libc.ts";
+import { createHandoverShared, DEFAULT_HANDOVER_LIMITS } from "./handover.ts";
+import type { HandoverLimits, HandoverShared } from "./handover.ts";
 import type { Libc } from "./libc.ts";
 import type { Pointer } from "bun:ffi";
 
@@ -23,6 +25,12 @@ export interface RelayWorkersOptions {
    * "reuseport", a socket per thread, the kernel choosing one by hashing the connection's addresses.
    */
   readonly accept?: AcceptMode;
+  /**
+   * A saturated thread hands part of its connections to an idle one (see epoll-tcp-relay.ts
+   * `Rebalancing`); on by default where the threads run the epoll relay. Limits other than the
+   * defaults are for tests.
+   */
+  readonly rebalance?: boolean | Partial<HandoverLimits>;
 }
 
 export type AcceptMode = "shared" | "reuseport";
@@ -62,6 +70,10 @@ export class TcpRelayWorkers {
    */
   private readonly wakeFds = new Map<Worker, number>();
   private wakeLibc: { readonly c: Libc; readonly one: { readonly at: Pointer } } | undefined;
+  /** Shared with the threads for moving connections between them; undefined when they do not. */
+  private readonly handover: HandoverShared | undefined;
+  private readonly handoverLimits: HandoverLimits;
+  private nextListenId = 1;
 
   private constructor(options: RelayWorkersOptions) {
     this.dialTimeoutsMs = options.dialTimeoutsMs ?? ENDPOINT_DIAL_TIMEOUTS_MS;
@@ -70,6 +82,9 @@ export class TcpRelayWorkers {
     this.accept = options.accept ?? "shared";
     const threads = Math.max(1, options.threads ?? navigator.hardwareConcurrency);
     const url = options.workerUrl ?? defaultWorkerUrl();
+    const rebalance = options.rebalance ?? true;
+    this.handover = threads > 1 && this.engine === "epoll" && rebalance !== false ? handoverFor(threads) : undefined;
+    this.handoverLimits = { ...DEFAULT_HANDOVER_LIMITS, ...(typeof rebalance === "object" ? rebalance : {}) };
     for (let i = 0; i < threads; i++) {
       const w = new Worker(url);
       w.onmessage = (ev: MessageEvent<WorkerReply>) => {
@@ -129,6 +144,10 @@ export class TcpRelayWorkers {
     const counters = new SharedArrayBuffer(threads * STAT_SLOTS * 8);
     const used = healthy.slice(0, threads);
     const reusePort = threads > 1;
+    const group = used.map((w) => this.workers.indexOf(w));
+    const listenId = this.nextListenId++;
+    const rebalancing = (slot: number) =>
+      this.handover && threads > 1 ? { rebalancing: { shared: this.handover, threadIndex: group[slot] as number, group, listenId, limits: this.handoverLimits } } : {};
     const share = reusePort && this.engine === "epoll" && this.accept === "shared";
     // The first thread binds (and learns the port when 0 was asked for); the others join its socket
     // when it could share it, else open their own on that port.
@@ -144,6 +163,7 @@ export class TcpRelayWorkers {
       dialTimeoutsMs: this.dialTimeoutsMs,
       counters,
       slot: 0,
+      ...rebalancing(0),
     }));
     if (first.error !== undefined || first.port === undefined) throw new Error(`listen ${options.host}:${options.port}: ${first.error}`);
     const port = first.port;
@@ -162,6 +182,7 @@ export class TcpRelayWorkers {
           dialTimeoutsMs: this.dialTimeoutsMs,
           counters,
           slot: i + 1,
+          ...rebalancing(i + 1),
         })),
       ),
     );
@@ -198,8 +219,28 @@ export class TcpRelayWorkers {
     clearTimeout(timer);
     this.closed = true;
     for (const w of this.workers) w.terminate();
+    if (this.handover) {
+      const c = openLibc();
+      for (const fd of this.handover.inboxFds) if (fd >= 0) c?.fn.close(fd);
+    }
     for (const p of this.pending.values()) p.resolve({ id: 0, error: "relay threads stopped" });
     this.pending.clear();
+  }
+
+  /**
+   * Each thread's load (0–1, the share of time it had work) as it last measured it, and how many connections the
+   * threads have handed to one another so far; undefined when they do not rebalance.
+   */
+  rebalancing(): { readonly loads: number[]; readonly handedOver: number } | undefined {
+    if (!this.handover) return undefined;
+    const v = new Float64Array(this.handover.loads);
+    const loads: number[] = [];
+    let handedOver = 0;
+    for (let i = 0; i < this.workers.length; i++) {
+      loads.push(v[i * 2] ?? 0);
+      handedOver += v[i * 2 + 1] ?? 0;
+    }
+    return { loads, handedOver };
   }
 
   private broadcast(m: WorkerRequest): void {
@@ -239,6 +280,22 @@ export class TcpRelayWorkers {
       this.post(w, make(id));
     });
   }
+}
+
+/** The shared part of rebalancing, with one eventfd per thread; undefined without libc. */
+function handoverFor(threads: number): HandoverShared | undefined {
+  const c = openLibc();
+  if (!c) return undefined;
+  const fds: number[] = [];
+  for (let i = 0; i < threads; i++) {
+    const fd = c.fn.eventfd(0, EFD_NONBLOCK_CLOEXEC);
+    if (fd < 0) {
+      for (const f of fds) c.fn.close(f);
+      return undefined;
+    }
+    fds.push(fd);
+  }
+  return createHandoverShared(threads, fds);
 }
 
 /** How long stopping waits for the threads to close their sockets before stopping them anyway. */

@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { memoryLogger } from "../../../src/log.ts";
 import { TcpRelayWorkers } from "../../../src/backends/userspace/relay-workers.ts";
-import { closedPort, connect, echo, eventually, fetchName, HOST, nameServer, readAll, startBackend } from "./helpers.ts";
+import { closedPort, connect, echo, eventually, fetchName, hashUntilEnd, HOST, nameServer, pattern, readAll, sha256, startBackend } from "./helpers.ts";
 
 const cleanups: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
@@ -160,3 +160,62 @@ describe("TCP relay threads", () => {
   });
 });
 
+
+describe("TCP relay threads moving connections between them", () => {
+  /**
+   * Two threads with a listener each (SO_REUSEPORT), so the kernel spreads `n` connections over both
+   * by hash; each connection's echo is hashed from the start.
+   */
+  async function spreadEchoConnections(n: number, rebalance: boolean | { saturatedLoad: number; spareLoad: number }) {
+    const backend = await startBackend(echo);
+    cleanups.push(() => backend.close());
+    const pool = TcpRelayWorkers.start({ threads: 2, accept: "reuseport", rebalance });
+    cleanups.push(() => pool.close());
+    pool.update("svc", [backend.endpoint]);
+    const relay = await pool.listen({ serviceKey: "svc", host: HOST, port: 0 });
+    const conns = await Promise.all(Array.from({ length: n }, () => connect(relay.port)));
+    cleanups.push(() => {
+      for (const c of conns) c.destroy();
+    });
+    const echoes = conns.map((c) => hashUntilEnd(c));
+    const sent: Uint8Array[][] = conns.map(() => []);
+    let written = 0;
+    /** One chunk on every connection, then wait until each has come back. */
+    const round = async (size: number, seed: number) => {
+      written += size;
+      conns.forEach((c, i) => {
+        const chunk = pattern(size, seed * 1000 + i);
+        sent[i]!.push(chunk);
+        c.write(chunk);
+      });
+      await eventually("echoed", () => conns.every((c) => c.bytesRead === written), 10_000);
+    };
+    return { pool, relay, conns, echoes, sent, round };
+  }
+
+  test("threads hand busy connections to one another; no byte is lost on the way, half-close included", async () => {
+    const n = 16;
+    // Limits that make every thread "saturated" and every other one "spare": connections move back and
+    // forth (each thread waits 300 ms after a move) while the traffic goes on.
+    const { pool, relay, conns, echoes, sent, round } = await spreadEchoConnections(n, { saturatedLoad: -1, spareLoad: 2 });
+    // Traffic goes on while the threads move connections: each is moved between two chunks.
+    let rounds = 0;
+    for (const deadline = Date.now() + 10_000; (pool.rebalancing()?.handedOver ?? 0) === 0 && Date.now() < deadline; ) await round(4096, rounds++);
+    const handedOver = pool.rebalancing()?.handedOver ?? 0;
+    expect(handedOver).toBeGreaterThan(0);
+    expect(handedOver).toBeLessThanOrEqual(n);
+    for (let k = 0; k < 10; k++) await round(4096, rounds++);
+    expect(relay.stats().active).toBe(n);
+    // Then a large transfer each way and the client's half-close, which the echo answers with its own.
+    await round(512 * 1024, rounds++);
+    for (const c of conns) c.end();
+    const got = await Promise.all(echoes);
+    got.forEach((g, i) => {
+      const all = Buffer.concat(sent[i]!);
+      expect(g.bytes).toBe(all.byteLength);
+      expect(g.digest).toBe(sha256(all));
+    });
+    await eventually("all closed", () => relay.stats().active === 0);
+    expect(relay.stats().bufferedBytes).toBe(0);
+  });
+});
