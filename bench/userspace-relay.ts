@@ -15,13 +15,13 @@
  * reacts to how requests bunch up, so the proxies' differences show less there.
  *
  * kproxy runs as it does by default in userspace mode: N relay threads accepting on one shared
- * listening socket, each on the epoll relay, a saturated thread handing connections to an idle one
- * (N defaults to the number of CPUs, as kproxy's does; HAProxy likewise runs one thread per CPU by
+ * listening socket, each on the epoll relay, the accepting thread passing a connection on to the
+ * thread with fewer and a saturated thread handing busy ones to an idle one (N defaults to the number of CPUs, as kproxy's does; HAProxy likewise runs one thread per CPU by
  * default). That row, marked "(default)", is the one the goal is
  * judged on. For reference it also runs relaying on its main thread with Bun's sockets (the fallback
  * when threads cannot start; `--no-main-thread` leaves it out), with `--reuseport` N threads each with its
- * own SO_REUSEPORT listener, with `--no-rebalance` N threads that keep each connection where it was
- * accepted, and with `--bun-threads` N threads on Bun's sockets. Each figure is the
+ * own SO_REUSEPORT listener, with `--no-rebalance` N threads that keep each connection on the thread
+ * that accepted it (no passing on at accept, no hand-over of busy connections), and with `--bun-threads` N threads on Bun's sockets. Each figure is the
  * median of `rounds` runs, the targets taking turns within a round so that load from elsewhere on the
  * machine hits them alike; each round's ratio to HAProxy is printed too, with its spread.
  *

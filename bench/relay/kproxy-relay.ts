@@ -4,7 +4,7 @@
  * threads sharing each port (0, the default, relays on the main thread with Bun's sockets), and
  * `--engine=bun` to have those threads use Bun's sockets instead of the epoll relay, `--accept=reuseport`
  * for a listening socket per thread instead of one shared by all, `--no-rebalance` to keep every
- * connection on the thread that accepted it. Prints
+ * connection on the thread that accepted it (no passing on, no hand-over). Prints
  * `{"ports":{name:port}}`.
  */
 import { LoadBalancer, startTcpRelay, TcpRelayWorkers } from "../../src/backends/userspace/index.ts";

@@ -15,11 +15,11 @@
 import { ptr } from "bun:ffi";
 import type { Pointer } from "bun:ffi";
 import type { CloseOptions } from "./proxy-socket.ts";
-import { splitHostPort, Stat } from "./proxy-socket.ts";
+import { splitHostPort, Stat, STAT_SLOTS } from "./proxy-socket.ts";
 import type { TcpRelay, TcpRelayOptions } from "./tcp-relay.ts";
 import { TcpRelayCore } from "./tcp-relay-core.ts";
 import type { Handover, HandoverInbox, HandoverLimits, HandoverShared } from "./handover.ts";
-import { DEFAULT_HANDOVER_LIMITS, HandoverFlag, handoverTarget, inboxOf, loadsView } from "./handover.ts";
+import { acceptTarget, DEFAULT_HANDOVER_LIMITS, HandoverFlag, handoverTarget, inboxOf, inFlightView, loadsView } from "./handover.ts";
 import type { Libc } from "./libc.ts";
 import {
   ACCEPT_FLAGS,
@@ -78,11 +78,12 @@ export interface EpollTcpRelayOptions extends Omit<TcpRelayOptions, "connect"> {
 }
 
 /**
- * Relay threads move established connections between them by load: a saturated thread (one that had
- * work for nearly all of the last 100 ms, see handover.ts `handoverTarget`) hands every other one of
- * its busiest connections to the least loaded thread of the port. New connections go to whichever
- * thread is idle when they come and a long-lived one stays where it landed, so without this two busy
- * streams could share one core for their whole life while another idles.
+ * Where a port's relay threads place connections. The kernel wakes whichever thread is idle for a new
+ * connection, so a burst lands mostly on one; the accepting thread therefore passes a new connection
+ * on to the port's thread with the fewest (handover.ts `acceptTarget`), undialled, through that
+ * thread's inbox. And a connection stays where it landed for its whole life, so a saturated thread
+ * (one that had work for nearly all of the last 100 ms, `handoverTarget`) hands every other one of
+ * its busiest established connections to the least loaded thread of the port.
  */
 export interface Rebalancing {
   readonly shared: HandoverShared;
@@ -90,6 +91,9 @@ export interface Rebalancing {
   readonly group: readonly number[];
   readonly listenId: number;
   readonly limits?: HandoverLimits;
+  /** This thread's slot in `group`, and the counters of every slot of the port (STAT_SLOTS each). */
+  readonly slot: number;
+  readonly portCounters: Float64Array;
 }
 
 /** A relay on this thread's epoll loop; `listenerFd` is what other threads pass as `joinFd`. */
@@ -198,6 +202,10 @@ class EpollLoop {
   clockMs = performance.now();
   private readonly relaysById = new Map<number, EpollRelay>();
   private handover: ThreadHandover | undefined;
+
+  get handoverState(): ThreadHandover | undefined {
+    return this.handover;
+  }
   /** The handover inbox's eventfd once rebalancing is on, else -1. */
   private inboxFd = -1;
 
@@ -264,6 +272,7 @@ class EpollLoop {
       inboxFds: r.shared.inboxFds,
       inboxes,
       loads: loadsView(r.shared),
+      inFlight: inFlightView(r.shared),
       lastAt: 0,
       waitedMs: 0,
       quietUntil: 0,
@@ -428,9 +437,9 @@ class EpollLoop {
     }
   }
 
-  /** Announces handovers put in thread `index`'s inbox. */
-  announce(h: ThreadHandover, index: number, count: number): void {
-    h.loads[h.index * 2 + 1] = (h.loads[h.index * 2 + 1] ?? 0) + count;
+  /** Announces handovers put in thread `index`'s inbox (`moved` of them established connections). */
+  announce(h: ThreadHandover, index: number, moved: number): void {
+    if (moved > 0) h.loads[h.index * 2 + 1] = (h.loads[h.index * 2 + 1] ?? 0) + moved;
     const fd = h.inboxFds[index];
     if (fd !== undefined) this.c.fn.write(fd, this.wakeCountOne.at, 8);
   }
@@ -441,12 +450,15 @@ class EpollLoop {
     const inbox = h.inboxes[h.index];
     if (!inbox) return;
     for (const handed of inbox.takeAll()) {
+      const fresh = handed.backendFd < 0;
+      if (fresh) Atomics.sub(h.inFlight, h.index, 1);
       const relay = this.relaysById.get(handed.listenId);
-      if (relay) relay.adopt(handed);
+      if (relay && fresh) relay.adoptNew(handed.clientFd);
+      else if (relay) relay.adopt(handed);
       else {
         // The port closed while the connection was on its way: nobody relays it now.
         this.c.fn.close(handed.clientFd);
-        this.c.fn.close(handed.backendFd);
+        if (!fresh) this.c.fn.close(handed.backendFd);
       }
     }
   }
@@ -481,6 +493,8 @@ interface ThreadHandover {
   readonly inboxes: readonly HandoverInbox[];
   /** Per thread: load, then connections handed over so far. */
   readonly loads: Float64Array;
+  /** Per thread: new connections on their way to it. */
+  readonly inFlight: Int32Array;
   lastAt: number;
   /** Time spent blocked in epoll_wait since `lastAt`. */
   waitedMs: number;
@@ -771,6 +785,9 @@ class EpollRelay extends TcpRelayCore<Target> implements EpollTcpRelay {
   /** Rebalancing: the port's id among the threads and the threads serving it (empty: not rebalanced). */
   readonly listenId: number | undefined;
   readonly group: readonly number[];
+  /** This thread's slot among the port's threads and their counters, to spread new connections. */
+  private readonly slot: number;
+  private readonly portCounters: Float64Array | undefined;
 
   constructor(options: EpollTcpRelayOptions, loop: EpollLoop) {
     super(options);
@@ -778,6 +795,8 @@ class EpollRelay extends TcpRelayCore<Target> implements EpollTcpRelay {
     this.v6 = options.host.includes(":");
     this.listenId = options.rebalancing?.listenId;
     this.group = options.rebalancing?.group ?? [];
+    this.slot = options.rebalancing?.slot ?? 0;
+    this.portCounters = options.rebalancing?.portCounters;
   }
 
   get activeCount(): number {
@@ -939,14 +958,40 @@ class EpollRelay extends TcpRelayCore<Target> implements EpollTcpRelay {
       if (wantIP) loop.addrLen.view.setUint32(0, 28, true);
       const fd = wantIP ? fn.accept4(lfd, loop.addr.at, loop.addrLen.at, ACCEPT_FLAGS) : fn.accept4(lfd, null, null, ACCEPT_FLAGS);
       if (fd < 0) return;
-      const conn = new Conn(this, wantIP ? sockaddrIP(loop.addr.view) : "");
-      conn.client.fd = fd;
-      conn.client.token = loop.register(fd, conn.client, SIDE_EVENTS);
-      conn.since = loop.clockMs;
-      this.link(conn);
-      this.counters[Stat.total]!++;
-      this.dial(conn, false);
+      if (!wantIP && this.group.length > 1 && this.passOn(fd)) continue;
+      this.relayNew(fd, wantIP ? sockaddrIP(loop.addr.view) : "");
     }
+  }
+
+  private relayNew(fd: number, clientIP: string): void {
+    const loop = this.loop;
+    const conn = new Conn(this, clientIP);
+    conn.client.fd = fd;
+    conn.client.token = loop.register(fd, conn.client, SIDE_EVENTS);
+    conn.since = loop.clockMs;
+    this.link(conn);
+    this.counters[Stat.total]!++;
+    this.dial(conn, false);
+  }
+
+  /** Hands a connection just accepted to the port's thread with the fewest (see `acceptTarget`); false to keep it. */
+  private passOn(fd: number): boolean {
+    const h = this.loop.handoverState;
+    const counters = this.portCounters;
+    if (!h || !counters || this.listenId === undefined) return false;
+    const group = this.group;
+    const slot = acceptTarget(this.slot, group.length, (i) => (counters[i * STAT_SLOTS + Stat.active] ?? 0) + Atomics.load(h.inFlight, group[i] as number));
+    if (slot === this.slot) return false;
+    const thread = group[slot] as number;
+    if (!h.inboxes[thread]?.put({ listenId: this.listenId, clientFd: fd, backendFd: -1, flags: 0 })) return false;
+    Atomics.add(h.inFlight, thread, 1);
+    this.loop.announce(h, thread, 0);
+    return true;
+  }
+
+  /** Relays a connection another thread of the port accepted and passed on (see `passOn`). */
+  adoptNew(fd: number): void {
+    this.relayNew(fd, "");
   }
 
   dial(conn: Conn, affinityReset: boolean): void {

@@ -10,6 +10,7 @@ export interface Handover {
   /** Which listen (service port) the connection belongs to; every thread of that port knows it by this id. */
   readonly listenId: number;
   readonly clientFd: number;
+  /** -1 for a connection just accepted, not yet dialled: the receiving thread dials it. */
   readonly backendFd: number;
   /** `HandoverFlag` bits: FINs already received or sent on either socket. */
   readonly flags: number;
@@ -86,11 +87,14 @@ export class HandoverInbox {
 
 /**
  * The shared part, created by the owner of the threads and sent to each: `loads[i]` is thread i's
- * load (0–1: the share of its last balancing interval it spent with work rather than waiting), `handedOver[i]` how many connections it
- * has handed to others, and thread i's inbox, with the eventfd that announces a put to it.
+ * load (0–1: the share of its last balancing interval it spent with work rather than waiting) and
+ * `loads[i + 1]` how many connections it has handed to others; `inFlight[i]` how many new connections
+ * are on their way to thread i and not yet taken up; and thread i's inbox, with the eventfd that
+ * announces a put to it.
  */
 export interface HandoverShared {
   readonly loads: SharedArrayBuffer;
+  readonly inFlight: SharedArrayBuffer;
   readonly inboxes: SharedArrayBuffer;
   readonly inboxFds: readonly number[];
 }
@@ -99,6 +103,7 @@ export function createHandoverShared(threads: number, inboxFds: readonly number[
   return {
     // Two Float64 per thread: load, connections handed over.
     loads: new SharedArrayBuffer(threads * 16),
+    inFlight: new SharedArrayBuffer(threads * 4),
     inboxes: new SharedArrayBuffer(threads * INBOX_WORDS * 4),
     inboxFds,
   };
@@ -111,6 +116,29 @@ export function inboxOf(shared: HandoverShared, index: number): HandoverInbox {
 
 export function loadsView(shared: HandoverShared): Float64Array {
   return new Float64Array(shared.loads);
+}
+
+export function inFlightView(shared: HandoverShared): Int32Array {
+  return new Int32Array(shared.inFlight);
+}
+
+/**
+ * Which slot of a port's threads should relay a connection just accepted by slot `self`: the slot
+ * with the fewest connections (those it relays plus those on their way to it), when that is fewer
+ * than `self` has; else `self`. Connections so spread evenly as they come, as HAProxy's multi-queue
+ * accept does, and two long-lived streams do not start out on one core.
+ */
+export function acceptTarget(self: number, slots: number, connectionsOf: (slot: number) => number): number {
+  let best = self;
+  let fewest = connectionsOf(self);
+  for (let i = 0; i < slots; i++) {
+    const n = connectionsOf(i);
+    if (n < fewest) {
+      fewest = n;
+      best = i;
+    }
+  }
+  return best;
 }
 
 /** When a thread hands connections over (see `handoverTarget`). */

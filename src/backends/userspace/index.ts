@@ -10,5 +10,5 @@ export { epollRelayAvailable, startEpollTcpRelay } from "./epoll-tcp-relay.ts";
 export type { EpollTcpRelay, EpollTcpRelayOptions } from "./epoll-tcp-relay.ts";
 export type { RelayEngine } from "./relay-protocol.ts";
 export { TcpRelayWorkers } from "./relay-workers.ts";
-export type { AcceptMode, RelayWorkersOptions, WorkerListenOptions } from "./relay-workers.ts";
+export type { AcceptMode, RelayWorkersOptions, ThreadedTcpRelay, WorkerListenOptions } from "./relay-workers.ts";
 export { Stat, STAT_SLOTS, statsFrom, sumStats } from "./proxy-socket.ts";

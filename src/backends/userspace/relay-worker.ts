@@ -56,7 +56,7 @@ self.onmessage = async (event: MessageEvent<WorkerRequest>) => {
         const shared = {
           ...(m.joinFd !== undefined ? { joinFd: m.joinFd } : {}),
           shared: m.share ?? false,
-          ...(m.rebalancing ? { rebalancing: m.rebalancing } : {}),
+          ...(m.rebalancing ? { rebalancing: { ...m.rebalancing, slot: m.slot, portCounters: new Float64Array(m.counters) } } : {}),
         };
         const epollRelay = epoll ? startEpollTcpRelay({ ...options, ...shared }) : undefined;
         const relay = epollRelay ?? startTcpRelay(options);

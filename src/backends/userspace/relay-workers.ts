@@ -1,7 +1,7 @@
 import type { Logger } from "../../log.ts";
 import type { SessionAffinity } from "../../model/types.ts";
 import type { CloseOptions, RelayStats } from "./proxy-socket.ts";
-import { ENDPOINT_DIAL_TIMEOUTS_MS, STAT_SLOTS, statsFrom, sumStats } from "./proxy-socket.ts";
+import { ENDPOINT_DIAL_TIMEOUTS_MS, Stat, STAT_SLOTS, statsFrom, sumStats } from "./proxy-socket.ts";
 import type { RelayEngine, WorkerReply, WorkerRequest } from "./relay-protocol.ts";
 import type { TcpRelay } from "./tcp-relay.ts";
 import { EFD_NONBLOCK_CLOEXEC, openLibc, pinned } from "./libc.ts";
@@ -26,14 +26,19 @@ export interface RelayWorkersOptions {
    */
   readonly accept?: AcceptMode;
   /**
-   * A saturated thread hands part of its connections to an idle one (see epoll-tcp-relay.ts
-   * `Rebalancing`); on by default where the threads run the epoll relay. Limits other than the
-   * defaults are for tests.
+   * New connections are passed on to the thread with the fewest, and a saturated thread hands part of
+   * its busy ones to an idle one (see epoll-tcp-relay.ts `Rebalancing`); on by default where the
+   * threads run the epoll relay. Limits other than the defaults are for tests.
    */
   readonly rebalance?: boolean | Partial<HandoverLimits>;
 }
 
 export type AcceptMode = "shared" | "reuseport";
+
+/** A port relayed by several threads; `activeByThread` gives each thread's open connections. */
+export interface ThreadedTcpRelay extends TcpRelay {
+  activeByThread(): number[];
+}
 
 export interface WorkerListenOptions {
   readonly serviceKey: string;
@@ -136,7 +141,7 @@ export class TcpRelayWorkers {
   }
 
   /** Opens the service port on `threads` threads; resolves once every one of them listens. */
-  async listen(options: WorkerListenOptions): Promise<TcpRelay> {
+  async listen(options: WorkerListenOptions): Promise<ThreadedTcpRelay> {
     // A thread that has died takes its listeners with it; new ports go to the threads still running.
     const healthy = this.workers.filter((w) => !this.failed.has(w));
     if (healthy.length === 0) throw new Error(`listen ${options.host}:${options.port}: every relay thread has failed`);
@@ -200,6 +205,7 @@ export class TcpRelayWorkers {
       host: options.host,
       port,
       stats: (): RelayStats => sumStats(used.map((_, i) => statsFrom(view, i * STAT_SLOTS))),
+      activeByThread: () => used.map((_, i) => view[i * STAT_SLOTS + Stat.active] ?? 0),
       close: (opts: CloseOptions = {}) => closeAll(opts.closeActive ?? false),
     };
   }

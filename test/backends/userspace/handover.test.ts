@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import {
+  acceptTarget,
   createHandoverShared,
   DEFAULT_HANDOVER_LIMITS,
   HandoverFlag,
@@ -66,5 +67,19 @@ describe("where connections go", () => {
 
   test("limits can be given", () => {
     expect(handoverTarget(0, [0, 1], loads({ 0: 0.2, 1: 0.9 }), { saturatedLoad: 0.1, spareLoad: 1 })).toBe(1);
+  });
+});
+
+describe("where a new connection goes", () => {
+  const counts = (c: number[]) => (slot: number) => c[slot] ?? 0;
+
+  test("to the thread with the fewest, when it has fewer than the one that accepted it", () => {
+    expect(acceptTarget(0, 2, counts([3, 1]))).toBe(1);
+    expect(acceptTarget(1, 3, counts([5, 4, 2]))).toBe(2);
+  });
+
+  test("the accepting thread keeps it on a tie or when it has the fewest", () => {
+    expect(acceptTarget(0, 2, counts([2, 2]))).toBe(0);
+    expect(acceptTarget(1, 2, counts([3, 1]))).toBe(1);
   });
 });

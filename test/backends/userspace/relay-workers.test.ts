@@ -162,6 +162,26 @@ describe("TCP relay threads", () => {
 
 
 describe("TCP relay threads moving connections between them", () => {
+  test("new connections spread evenly over the threads as they come, and each one relays", async () => {
+    const backend = await startBackend(echo);
+    cleanups.push(() => backend.close());
+    const pool = TcpRelayWorkers.start({ threads: 2 });
+    cleanups.push(() => pool.close());
+    pool.update("svc", [backend.endpoint]);
+    const relay = await pool.listen({ serviceKey: "svc", host: HOST, port: 0 });
+    // A burst, as a client pool opens them: one thread tends to accept most of it.
+    const conns = await Promise.all(Array.from({ length: 20 }, () => connect(relay.port)));
+    cleanups.push(() => {
+      for (const c of conns) c.destroy();
+    });
+    conns.forEach((c, i) => c.write(`c${i}`));
+    await eventually("every connection echoed", () => conns.every((c, i) => c.bytesRead === `c${i}`.length));
+    const [a, b] = relay.activeByThread();
+    expect((a ?? 0) + (b ?? 0)).toBe(20);
+    expect(Math.abs((a ?? 0) - (b ?? 0))).toBeLessThanOrEqual(2);
+    expect(relay.stats().total).toBe(20);
+  });
+
   /**
    * Two threads with a listener each (SO_REUSEPORT), so the kernel spreads `n` connections over both
    * by hash; each connection's echo is hashed from the start.
