@@ -127,6 +127,11 @@ export class RelayPool implements RelayFactory {
     this.workers?.cleanupStaleAffinity();
   }
 
+  /** Established connections the relay threads have handed from a saturated thread to an idle one. */
+  connectionsMoved(): number {
+    return this.workers?.rebalancing()?.handedOver ?? 0;
+  }
+
   /** ClientIP affinity records held on the main thread and every relay thread. */
   async affinityRecords(): Promise<number> {
     await this.workersChecked;
@@ -676,6 +681,16 @@ export function planUserspaceText(snapshot: Snapshot, options: UserspacePlanOpti
   return lines.join("\n");
 }
 
+/** Hand-overs between relay threads on /metrics (see epoll-tcp-relay.ts `Rebalancing`), read at scrape time. */
+export function registerRelayThreadMetrics(registry: Registry, connectionsMoved: () => number): void {
+  registry.register({
+    name: "kproxy_userspace_connections_moved_total",
+    help: "Established TCP connections a saturated relay thread handed to an idle one",
+    type: "counter",
+    collect: () => [{ value: connectionsMoved() }],
+  });
+}
+
 /** The relays' counters on /metrics, by protocol, read at scrape time. */
 export function registerRelayMetrics(registry: Registry, stats: () => Record<"TCP" | "UDP", RelayStats>): void {
   let current: Record<"TCP" | "UDP", RelayStats> | undefined;
@@ -731,6 +746,9 @@ export function userspaceBackendFromConfig(config: Config, deps: UserspaceBacken
     flavour: config.iptables.flavour,
     ...(deps.health ? { serviceHealth: new ServiceHealthServer({ health: deps.health, logger: deps.logger }) } : {}),
   });
-  if (deps.registry) registerRelayMetrics(deps.registry, () => backend.relayStats());
+  if (deps.registry) {
+    registerRelayMetrics(deps.registry, () => backend.relayStats());
+    registerRelayThreadMetrics(deps.registry, () => relays.connectionsMoved());
+  }
   return backend;
 }

@@ -2,6 +2,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import {
   RelayPool,
   registerRelayMetrics,
+  registerRelayThreadMetrics,
   type RelayFactory,
   type RelayListenOptions,
   UserspaceBackend,
@@ -403,6 +404,17 @@ describe("userspace backend", () => {
     expect(text).toContain('kproxy_userspace_connections_total{protocol="UDP"} 3\n');
     expect(text).toContain('kproxy_userspace_bytes_total{protocol="TCP",direction="to_clients"} 300\n');
     expect(text).toContain('kproxy_userspace_active_connections{protocol="TCP"} 2\n');
+  });
+
+  test("connections moved between relay threads on /metrics, read at scrape time", () => {
+    const registry = new Registry();
+    let moved = 0;
+    registerRelayThreadMetrics(registry, () => moved);
+    expect(registry.expose()).toContain("kproxy_userspace_connections_moved_total 0\n");
+    moved = 4;
+    const text = registry.expose();
+    expect(text).toContain("# TYPE kproxy_userspace_connections_moved_total counter\n");
+    expect(text).toContain("kproxy_userspace_connections_moved_total 4\n");
   });
 
   test("close stops every relay and the relay threads", async () => {
