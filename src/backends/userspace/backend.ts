@@ -129,7 +129,7 @@ export class RelayPool implements RelayFactory {
 
   /** Established connections the relay threads have handed from a saturated thread to an idle one. */
   connectionsMoved(): number {
-    return this.workers?.rebalancing()?.handedOver ?? 0;
+    return this.workers?.connectionsMoved() ?? 0;
   }
 
   /** ClientIP affinity records held on the main thread and every relay thread. */

@@ -227,18 +227,22 @@ class EpollLoop {
     this.wakeCountOne = pinned(8);
     this.wakeCountOne.view.setBigUint64(0, 1n, true);
     this.wakeFd = c.fn.eventfd(0, EFD_NONBLOCK_CLOEXEC);
-    if (this.wakeFd >= 0 && c.fn.epoll_ctl(this.ep, EPOLL_CTL_ADD, this.wakeFd, this.wakeEvent()) < 0) {
+    if (this.wakeFd >= 0 && !this.watchReadable(this.wakeFd)) {
       c.fn.close(this.wakeFd);
       this.wakeFd = -1;
     }
   }
 
-  private wakeEvent(): Pointer {
+  /**
+   * Adds an eventfd of the loop's own (the wake fd, the handover inbox's) to the epoll set,
+   * level-triggered and with token 0: the pass tells them apart by fd. False when epoll_ctl fails.
+   */
+  private watchReadable(fd: number): boolean {
     const o = this.c.epollDataOffset;
     this.ctl.view.setUint32(0, EPOLLIN, true);
-    this.ctl.view.setUint32(o, this.wakeFd, true);
+    this.ctl.view.setUint32(o, fd, true);
     this.ctl.view.setUint32(o + 4, 0, true);
-    return this.ctl.at;
+    return this.c.fn.epoll_ctl(this.ep, EPOLL_CTL_ADD, fd, this.ctl.at) >= 0;
   }
 
   /** A message announced by a wake-up has been handled. */
@@ -257,18 +261,12 @@ class EpollLoop {
   joinRebalancing(r: Rebalancing): void {
     if (this.handover) return;
     const fd = r.shared.inboxFds[r.threadIndex];
-    if (fd === undefined || fd < 0) return;
-    const o = this.c.epollDataOffset;
-    this.ctl.view.setUint32(0, EPOLLIN, true);
-    this.ctl.view.setUint32(o, fd, true);
-    this.ctl.view.setUint32(o + 4, 0, true);
-    if (this.c.fn.epoll_ctl(this.ep, EPOLL_CTL_ADD, fd, this.ctl.at) < 0) return;
+    if (fd === undefined || fd < 0 || !this.watchReadable(fd)) return;
     const inboxes: HandoverInbox[] = [];
     for (let i = 0; i < r.shared.inboxFds.length; i++) inboxes.push(inboxOf(r.shared, i));
     this.inboxFd = fd;
     this.handover = {
       index: r.threadIndex,
-      inboxFd: fd,
       inboxFds: r.shared.inboxFds,
       inboxes,
       loads: loadsView(r.shared),
@@ -354,13 +352,13 @@ class EpollLoop {
     this.clockMs = now;
     const h = this.handover;
     if (h && now - h.lastAt >= REBALANCE_INTERVAL_MS) this.rebalance(h, now);
-    if (this.wakesOwed > 0 && performance.now() > this.owedUntil) this.wakesOwed = 0;
+    if (this.wakesOwed > 0 && now > this.owedUntil) this.wakesOwed = 0;
     if (this.wakesOwed > 0) {
       // Messages on their way: no events until they are in, unless none are held back.
       if (this.resumeTo === 0) this.pass(0);
     } else if (this.blockMs <= 0) this.pass(0);
     else {
-      const end = performance.now() + this.blockMs;
+      const end = now + this.blockMs;
       for (let left = this.blockMs; left > 0 && this.relays.size > 0 && this.wakesOwed === 0; left = Math.ceil(end - performance.now())) this.pass(left);
     }
     setImmediate(this.turn);
@@ -446,7 +444,7 @@ class EpollLoop {
 
   private takeHandovers(h: ThreadHandover): void {
     // The eventfd's counter only says "look"; the inbox holds what came.
-    this.c.fn.read(h.inboxFd, this.wakeCount.at, 8);
+    this.c.fn.read(this.inboxFd, this.wakeCount.at, 8);
     const inbox = h.inboxes[h.index];
     if (!inbox) return;
     for (const handed of inbox.takeAll()) {
@@ -488,7 +486,6 @@ class EpollLoop {
 /** What a relay thread keeps for rebalancing (see `Rebalancing`). */
 interface ThreadHandover {
   readonly index: number;
-  readonly inboxFd: number;
   readonly inboxFds: readonly number[];
   readonly inboxes: readonly HandoverInbox[];
   /** Per thread: load, then connections handed over so far. */
@@ -589,6 +586,12 @@ function writable(side: Side): void {
   }
 }
 
+/** `n` bytes went out on `side`: the relay's counters, and the connection's own for rebalancing. */
+function countSent(side: Side, n: number): void {
+  side.conn.relay.countOut(side.toClient, n);
+  side.conn.bytes += n;
+}
+
 /** Writes `side`'s queue; true once it is empty. */
 function flush(side: Side): boolean {
   const relay = side.conn.relay;
@@ -603,8 +606,7 @@ function flush(side: Side): boolean {
       abort(side.conn, side.peer);
       return false;
     }
-    relay.countOut(side.toClient, n);
-    side.conn.bytes += n;
+    countSent(side, n);
     side.queued -= n;
     relay.counters[Stat.bufferedBytes]! -= n;
     const rest = n < chunk.byteLength ? chunk.subarray(n) : undefined;
@@ -663,8 +665,7 @@ function pump(side: Side, untilEmpty: boolean, finSeen = false): void {
       const w = fn.send(out.fd, buf.at, n, MSG_NOSIGNAL);
       if (w === n) {
         if (out.connecting) dialDone(out);
-        relay.countOut(out.toClient, n);
-        conn.bytes += n;
+        countSent(out, n);
         if (last) break;
         if (n < CHUNK && !untilEmpty) return;
         continue;
@@ -685,8 +686,7 @@ function pump(side: Side, untilEmpty: boolean, finSeen = false): void {
         queue(out, buf.bytes.slice(0, n));
       } else {
         if (out.connecting) dialDone(out);
-        relay.countOut(out.toClient, w);
-        conn.bytes += w;
+        countSent(out, w);
         queue(out, buf.bytes.slice(w, n));
       }
       side.stalled = true;
@@ -799,10 +799,6 @@ class EpollRelay extends TcpRelayCore<Target> implements EpollTcpRelay {
     this.portCounters = options.rebalancing?.portCounters;
   }
 
-  get activeCount(): number {
-    return this.active;
-  }
-
   /**
    * Hands every other one of this port's busiest connections here (ranked by bytes per second since
    * they came) to thread `target`: about half the load. Of those, only established connections with
@@ -862,7 +858,7 @@ class EpollRelay extends TcpRelayCore<Target> implements EpollTcpRelay {
     return moved;
   }
 
-  /** Takes up a connection another thread handed over (see `handOver`). */
+  /** Takes up an established connection another thread handed over (see `handOverBusiest`). */
   adopt(handed: Handover): void {
     const loop = this.loop;
     const conn = new Conn(this, "");

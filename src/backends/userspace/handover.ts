@@ -118,6 +118,14 @@ export function loadsView(shared: HandoverShared): Float64Array {
   return new Float64Array(shared.loads);
 }
 
+/** Established connections all threads have handed to one another so far. */
+export function connectionsMoved(shared: HandoverShared): number {
+  const loads = loadsView(shared);
+  let moved = 0;
+  for (let i = 1; i < loads.length; i += 2) moved += loads[i] ?? 0;
+  return moved;
+}
+
 export function inFlightView(shared: HandoverShared): Int32Array {
   return new Int32Array(shared.inFlight);
 }

@@ -1,5 +1,5 @@
 import type { SessionAffinity } from "../../model/types.ts";
-import type { HandoverLimits, HandoverShared } from "./handover.ts";
+import type { Rebalancing } from "./epoll-tcp-relay.ts";
 
 /**
  * How a relay thread moves bytes: "epoll" on raw sockets through libc (fewer system calls; Linux),
@@ -34,16 +34,10 @@ type WorkerMessage =
       readonly engine: RelayEngine;
       readonly dialTimeoutsMs: readonly number[];
       /**
-       * Rebalancing of established connections between the threads of this port (epoll engine):
-       * what the threads share, this thread's index, the port's threads (the opener first), the port's id.
+       * Where this port's threads place connections (epoll engine; see `Rebalancing`), but for the
+       * thread's slot and the port's counters, which the thread takes from `slot` and `counters`.
        */
-      readonly rebalancing?: {
-        readonly shared: HandoverShared;
-        readonly threadIndex: number;
-        readonly group: readonly number[];
-        readonly listenId: number;
-        readonly limits?: HandoverLimits;
-      };
+      readonly rebalancing?: Omit<Rebalancing, "slot" | "portCounters">;
       /** Shared counters of this listener; this thread writes slot `slot`. */
       readonly counters: SharedArrayBuffer;
       readonly slot: number;

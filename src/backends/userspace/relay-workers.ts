@@ -5,7 +5,7 @@ import { ENDPOINT_DIAL_TIMEOUTS_MS, Stat, STAT_SLOTS, statsFrom, sumStats } from
 import type { RelayEngine, WorkerReply, WorkerRequest } from "./relay-protocol.ts";
 import type { TcpRelay } from "./tcp-relay.ts";
 import { EFD_NONBLOCK_CLOEXEC, openLibc, pinned } from "./libc.ts";
-import { createHandoverShared, DEFAULT_HANDOVER_LIMITS } from "./handover.ts";
+import { connectionsMoved, createHandoverShared, DEFAULT_HANDOVER_LIMITS } from "./handover.ts";
 import type { HandoverLimits, HandoverShared } from "./handover.ts";
 import type { Libc } from "./libc.ts";
 import type { Pointer } from "bun:ffi";
@@ -233,20 +233,9 @@ export class TcpRelayWorkers {
     this.pending.clear();
   }
 
-  /**
-   * Each thread's load (0–1, the share of time it had work) as it last measured it, and how many connections the
-   * threads have handed to one another so far; undefined when they do not rebalance.
-   */
-  rebalancing(): { readonly loads: number[]; readonly handedOver: number } | undefined {
-    if (!this.handover) return undefined;
-    const v = new Float64Array(this.handover.loads);
-    const loads: number[] = [];
-    let handedOver = 0;
-    for (let i = 0; i < this.workers.length; i++) {
-      loads.push(v[i * 2] ?? 0);
-      handedOver += v[i * 2 + 1] ?? 0;
-    }
-    return { loads, handedOver };
+  /** Established connections the threads have handed to one another so far; undefined when they do not rebalance. */
+  connectionsMoved(): number | undefined {
+    return this.handover ? connectionsMoved(this.handover) : undefined;
   }
 
   private broadcast(m: WorkerRequest): void {

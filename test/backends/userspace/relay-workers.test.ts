@@ -220,8 +220,8 @@ describe("TCP relay threads moving connections between them", () => {
     const { pool, relay, conns, echoes, sent, round } = await spreadEchoConnections(n, { saturatedLoad: -1, spareLoad: 2 });
     // Traffic goes on while the threads move connections: each is moved between two chunks.
     let rounds = 0;
-    for (const deadline = Date.now() + 10_000; (pool.rebalancing()?.handedOver ?? 0) === 0 && Date.now() < deadline; ) await round(4096, rounds++);
-    const handedOver = pool.rebalancing()?.handedOver ?? 0;
+    for (const deadline = Date.now() + 10_000; (pool.connectionsMoved() ?? 0) === 0 && Date.now() < deadline; ) await round(4096, rounds++);
+    const handedOver = pool.connectionsMoved() ?? 0;
     expect(handedOver).toBeGreaterThan(0);
     expect(handedOver).toBeLessThanOrEqual(n);
     for (let k = 0; k < 10; k++) await round(4096, rounds++);
